@@ -1,0 +1,359 @@
+"""Render an NSynth-format corpus from General-MIDI SoundFonts and single-note recordings.
+
+Protocol (as NSynth): 16 kHz mono, note held 3 s then released for 1 s, MIDI pitches within each
+instrument's sensible range (21-108), velocities from {25, 50, 75, 100, 127}. An *instrument* is one
+(sample set, bank, program) or one recorded instrument folder; splits are by instrument, so train, valid and
+test share none. Output per split: shuffled NSynth-schema TFRecord shards + the JSON+wav layout +
+``stats.json``; ``instruments.csv`` lists every instrument with its source and split.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import glob
+import hashlib
+import json
+import os
+import re
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+
+from . import data
+from .params import AUDIO, FAMILIES
+
+VELOCITIES = (25, 50, 75, 100, 127)
+SPLITS = ("train", "valid", "test")
+
+# General-MIDI program (0-based) -> (NSynth family, NSynth source). Programs not listed are skipped
+# (synth leads 80-87 are NSynth's dropped synth_lead family; pads, effects, percussion fit no family).
+# Decisions on ambiguous programs: harpsichord/clavinet -> keyboard; accordions -> organ (GM's organ group);
+# harmonica -> reed (free reed); harp, pizzicato -> string; timpani, orchestra hit -> skipped;
+# sitar/banjo/shamisen/koto -> guitar (plucked strings); kalimba, tinkle bell, steel drums -> mallet;
+# bagpipe, shanai -> reed; fiddle -> string; choir pad (91) -> vocal.
+_GM_RANGES = [
+    (range(0, 2), "keyboard", "acoustic"), (range(2, 3), "keyboard", "electronic"),
+    (range(3, 4), "keyboard", "acoustic"), (range(4, 6), "keyboard", "electronic"),
+    (range(6, 8), "keyboard", "acoustic"),
+    (range(8, 16), "mallet", "acoustic"),
+    (range(16, 19), "organ", "electronic"), (range(19, 22), "organ", "acoustic"),
+    (range(22, 23), "reed", "acoustic"), (range(23, 24), "organ", "acoustic"),
+    (range(24, 27), "guitar", "acoustic"), (range(27, 32), "guitar", "electronic"),
+    (range(32, 33), "bass", "acoustic"), (range(33, 38), "bass", "electronic"),
+    (range(38, 40), "bass", "synthetic"),
+    (range(40, 47), "string", "acoustic"), (range(48, 50), "string", "acoustic"),
+    (range(50, 52), "string", "synthetic"),
+    (range(52, 54), "vocal", "acoustic"), (range(54, 55), "vocal", "synthetic"),
+    (range(56, 62), "brass", "acoustic"), (range(62, 64), "brass", "synthetic"),
+    (range(64, 72), "reed", "acoustic"),
+    (range(72, 80), "flute", "acoustic"),
+    (range(91, 92), "vocal", "synthetic"),
+    (range(104, 108), "guitar", "acoustic"), (range(108, 109), "mallet", "acoustic"),
+    (range(109, 110), "reed", "acoustic"), (range(110, 111), "string", "acoustic"),
+    (range(111, 112), "reed", "acoustic"), (range(112, 113), "mallet", "acoustic"),
+    (range(114, 115), "mallet", "acoustic"),
+]
+GM_FAMILY = {prog: (fam, src) for r, fam, src in _GM_RANGES for prog in r}
+
+# Sensible MIDI pitch range per family (NSynth's own notes cover 21-108 where the instrument sounds).
+FAMILY_PITCH_RANGE = {
+    "bass": (28, 67), "brass": (40, 84), "flute": (55, 96), "guitar": (40, 84), "keyboard": (21, 108),
+    "mallet": (48, 100), "organ": (24, 96), "reed": (36, 86), "string": (28, 96), "vocal": (43, 84),
+}
+
+# Philharmonia instrument folder -> family. double-bass: NSynth files upright basses under `bass`.
+PHILHARMONIA_FAMILY = {
+    "banjo": "guitar", "bass-clarinet": "reed", "bassoon": "reed", "cello": "string", "clarinet": "reed",
+    "contrabassoon": "reed", "cor-anglais": "reed", "double-bass": "bass", "flute": "flute",
+    "french-horn": "brass", "guitar": "guitar", "mandolin": "guitar", "oboe": "reed", "saxophone": "reed",
+    "trombone": "brass",
+}
+DYNAMIC_VELOCITY = {"pianissimo": 25, "piano": 50, "mezzo-piano": 50, "mezzo-forte": 75, "forte": 100,
+                    "fortissimo": 127}
+
+# Debian SoundFont packages (installed by `make setup`). MuseScore_General and FluidR3Mono are derived
+# from FluidR3: they form one sample family, kept together in the held-out test split.
+DEBIAN_SOUNDFONTS = (
+    "/usr/share/sounds/sf2/FluidR3_GM.sf2", "/usr/share/sounds/sf3/FluidR3Mono_GM.sf3",
+    "/usr/share/sounds/sf3/MuseScore_General.sf3", "/usr/share/sounds/sf2/TimGM6mb.sf2",
+    "/usr/share/sounds/sf2/sf_GMbank.sf2", "/usr/share/sounds/sf2/OPL-3_FM_128M.sf2",
+)
+SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared")
+DEFAULT_SAMPLES = (os.path.join(SHARED, "samples", "philharmonia"),)
+DEFAULT_SOUNDFONTS = DEBIAN_SOUNDFONTS + (os.path.join(SHARED, "soundfonts"),)
+TEST_SETS = ("FluidR3_GM", "FluidR3Mono_GM", "MuseScore_General")  # held out whole: unseen sample set
+
+
+@dataclasses.dataclass(frozen=True)
+class CorpusParams:
+    notes_per_instrument: int = 10
+    valid_fraction: float = 0.12       # of the non-test instruments, drawn by instrument
+    test_sets: tuple[str, ...] = TEST_SETS
+    shards: int = 16                   # train TFRecord shards (read interleaved)
+    seed: int = 0
+    min_peak: float = 1e-3             # renders quieter than this (-60 dBFS) count as silent and are redrawn
+
+
+@dataclasses.dataclass(frozen=True)
+class Instrument:
+    sample_set: str     # e.g. "SGM-V2.01", "TimGM6mb", "philharmonia"
+    path: str           # SoundFont file, or recording folder
+    program: int        # GM program (-1 for recordings)
+    family: str
+    source: str
+    kind: str           # "soundfont" | "recording"
+
+    @property
+    def key(self) -> str:
+        return f"{self.sample_set}/{self.program if self.program >= 0 else os.path.basename(self.path)}"
+
+
+# ----------------------------------------------------------------------------------------------- discovery
+def _set_name(path: str) -> str:
+    return re.sub(r"\.(sf2|sf3)$", "", os.path.basename(path), flags=re.I)
+
+
+def discover(soundfont_paths, sample_paths) -> list[Instrument]:
+    """Every instrument in the given SoundFont files/folders and recording folders, deduplicated."""
+    found, seen = [], set()
+    for p in soundfont_paths:
+        if os.path.isdir(p):
+            per_prog = glob.glob(os.path.join(p, "**", "per-program", "*", "[0-9][0-9][0-9].sf[23]"),
+                                 recursive=True)
+            for f in sorted(per_prog):
+                prog = int(os.path.basename(f)[:3])
+                if prog in GM_FAMILY:
+                    fam, src = GM_FAMILY[prog]
+                    found.append(Instrument(os.path.basename(os.path.dirname(f)), f, prog, fam, src, "soundfont"))
+            banks = [f for f in sorted(glob.glob(os.path.join(p, "**", "*.sf[23]"), recursive=True))
+                     if "per-program" not in f]
+        elif os.path.isfile(p):
+            banks = [p]
+        else:
+            continue
+        for f in banks:
+            real = os.path.realpath(f)
+            if real in seen:
+                continue
+            seen.add(real)
+            for prog, (fam, src) in sorted(GM_FAMILY.items()):
+                found.append(Instrument(_set_name(f), real, prog, fam, src, "soundfont"))
+    for p in sample_paths:
+        for folder in sorted(glob.glob(os.path.join(p, "*"))):
+            name = os.path.basename(folder)
+            if os.path.isdir(folder) and name in PHILHARMONIA_FAMILY:
+                found.append(Instrument("philharmonia", folder, -1, PHILHARMONIA_FAMILY[name], "acoustic",
+                                        "recording"))
+    return found
+
+
+def split_of(inst: Instrument, p: CorpusParams) -> str:
+    if inst.sample_set in p.test_sets:
+        return "test"
+    h = int(hashlib.sha1(f"{p.seed}:{inst.key}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return "valid" if h < p.valid_fraction else "train"
+
+
+# ----------------------------------------------------------------------------------------------- rendering
+def _rng(inst: Instrument, seed: int) -> np.random.Generator:
+    return np.random.default_rng(int(hashlib.sha1(f"{seed}:{inst.key}".encode()).hexdigest()[:12], 16))
+
+
+def release_fade(audio: np.ndarray) -> np.ndarray:
+    """Keep 3 s, fade out over the last second (NSynth's note-off), pad to 4 s."""
+    held = int(AUDIO.held_seconds * AUDIO.sample_rate_hz)
+    out = data.fit_length(audio)
+    fade = np.ones(AUDIO.num_samples, np.float32)
+    fade[held:] = np.linspace(1.0, 0.0, AUDIO.num_samples - held, dtype=np.float32) ** 2
+    return out * fade
+
+
+def _finish(audio: np.ndarray) -> np.ndarray:
+    peak = float(np.max(np.abs(audio)))
+    return (audio * (0.99 / peak) if peak > 0.99 else audio).astype(np.float32)
+
+
+_LOADED: dict = {}
+
+
+def _load_soundfont(path: str):
+    """One synth per worker process, keeping the last SoundFont loaded (big GM banks load once)."""
+    import tinysoundfont
+    if path not in _LOADED:
+        _LOADED.clear()
+        synth = tinysoundfont.Synth(samplerate=AUDIO.sample_rate_hz, gain=-6.0)
+        _LOADED[path] = (synth, synth.sfload(path))
+    return _LOADED[path]
+
+
+def render_soundfont(inst: Instrument, p: CorpusParams) -> list[tuple[int, int, np.ndarray]]:
+    """``(pitch, velocity, audio)`` for ``p.notes_per_instrument`` random notes of a SoundFont program."""
+    try:
+        synth, sfid = _load_soundfont(inst.path)
+        try:
+            synth.program_select(0, sfid, 0, inst.program)
+        except Exception:
+            synth.program_select(0, sfid, 0, 0)   # single-preset split stored at preset 0
+    except Exception:
+        return []                                  # unreadable file or missing preset: no notes
+    rng = _rng(inst, p.seed)
+    lo, hi = FAMILY_PITCH_RANGE[inst.family]
+    held = int(AUDIO.held_seconds * AUDIO.sample_rate_hz)
+    notes, tries = [], 0
+    pitches = rng.permutation(np.arange(lo, hi + 1))
+    while len(notes) < p.notes_per_instrument and tries < len(pitches):
+        pitch, vel = int(pitches[tries]), int(rng.choice(VELOCITIES))
+        tries += 1
+        synth.notes_off()
+        synth.sounds_off()
+        synth.generate(AUDIO.sample_rate_hz // 4)       # flush any tail
+        synth.noteon(0, pitch, vel)
+        on = np.frombuffer(synth.generate(held), np.float32).reshape(-1, 2)
+        synth.noteoff(0, pitch)
+        off = np.frombuffer(synth.generate(AUDIO.num_samples - held), np.float32).reshape(-1, 2)
+        audio = np.concatenate([on, off]).mean(axis=1)
+        if np.max(np.abs(audio)) < p.min_peak or not np.all(np.isfinite(audio)):
+            continue
+        notes.append((pitch, vel, _finish(audio)))
+    return notes
+
+
+_NOTE_RE = re.compile(r"^([A-G])(s?)(-?\d)$")
+_SEMITONE = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
+
+
+def note_to_midi(name: str) -> int | None:
+    m = _NOTE_RE.match(name)
+    if not m:
+        return None
+    return 12 * (int(m.group(3)) + 1) + _SEMITONE[m.group(1)] + (1 if m.group(2) else 0)
+
+
+def render_recordings(inst: Instrument, p: CorpusParams) -> list[tuple[int, int, np.ndarray]]:
+    """Up to ``notes_per_instrument`` recordings of one folder, onset-aligned, 3 s + 1 s release fade."""
+    files = sorted(glob.glob(os.path.join(inst.path, "*.mp3")) + glob.glob(os.path.join(inst.path, "*.wav")))
+    rng = _rng(inst, p.seed)
+    notes = []
+    for f in rng.permutation(files):
+        parts = os.path.basename(f).rsplit(".", 1)[0].split("_")
+        pitch = note_to_midi(parts[1]) if len(parts) > 1 else None
+        if pitch is None or not 21 <= pitch <= 108:
+            continue
+        vel = DYNAMIC_VELOCITY.get(parts[3] if len(parts) > 3 else "", 75)
+        try:
+            audio = data.load_audio(f, context="recording", reject_silent=True, onset_trim=True)
+        except data.DataError:
+            continue
+        notes.append((pitch, vel, _finish(release_fade(audio))))
+        if len(notes) >= 4 * p.notes_per_instrument:   # real recordings are scarce: keep more per folder
+            break
+    return notes
+
+
+def render_instrument(args) -> list[tuple[int, int, np.ndarray]]:
+    inst, p = args
+    return render_recordings(inst, p) if inst.kind == "recording" else render_soundfont(inst, p)
+
+
+# ----------------------------------------------------------------------------------------------- writing
+def build(out_dir: str, soundfont_paths=DEFAULT_SOUNDFONTS, sample_paths=DEFAULT_SAMPLES,
+          p: CorpusParams = CorpusParams(), layouts=("tfrecord", "jsonwav"), workers: int = 2,
+          limit_instruments: int | None = None, progress: bool = True) -> dict:
+    """Render the corpus into ``out_dir/{train,valid,test}``; returns per-split statistics."""
+    from tqdm import tqdm
+    instruments = discover(soundfont_paths, sample_paths)
+    if not instruments:
+        raise data.DataError("No SoundFonts or recordings found. Install the Debian SoundFont packages "
+                             "(make setup) or pass --soundfonts/--samples paths.")
+    if limit_instruments:
+        rng = np.random.default_rng(p.seed)
+        instruments = [instruments[i] for i in sorted(rng.choice(len(instruments), limit_instruments,
+                                                                 replace=False))]
+    os.makedirs(out_dir, exist_ok=True)
+    by_split: dict[str, list] = {"train": [], "valid": [], "test": []}
+    counters: Counter = Counter()
+    rows = []
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        results = pool.map(render_instrument, [(i, p) for i in instruments], chunksize=8)
+        for inst, notes in tqdm(zip(instruments, results), total=len(instruments), desc="render",
+                                disable=not progress):
+            if not notes:
+                continue
+            idx = counters[(inst.family, inst.source)]
+            counters[(inst.family, inst.source)] += 1
+            inst_id = len(rows)
+            inst_str = f"{inst.family}_{inst.source}_{idx:03d}"
+            split = split_of(inst, p)
+            rows.append({"instrument_str": inst_str, "instrument": inst_id, "split": split,
+                         "sample_set": inst.sample_set, "program": inst.program, "family": inst.family,
+                         "path": os.path.relpath(inst.path, SHARED) if inst.path.startswith(
+                             os.path.realpath(SHARED)) else inst.path, "notes": len(notes)})
+            seen = set()
+            for pitch, vel, audio in notes:
+                if (pitch, vel) in seen:
+                    continue
+                seen.add((pitch, vel))
+                meta = data.note_metadata(family=inst.family, source=inst.source, instrument=inst_id,
+                                          pitch=pitch, velocity=vel, instrument_str=inst_str)
+                by_split[split].append((meta, audio))
+    stats = {}
+    for split, notes in by_split.items():
+        if not notes:
+            continue
+        rng = np.random.default_rng([p.seed, SPLITS.index(split)])
+        order = rng.permutation(len(notes))
+        notes = [notes[i] for i in order]
+        for i, (meta, _) in enumerate(notes):
+            meta["note"] = i
+        stats[split] = _write_split(os.path.join(out_dir, split), split, notes, p, layouts)
+    with open(os.path.join(out_dir, "instruments.csv"), "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    with open(os.path.join(out_dir, "stats.json"), "w") as fh:
+        json.dump({"params": dataclasses.asdict(p), "splits": stats}, fh, indent=1)
+    return stats
+
+
+def _write_split(folder, split, notes, p: CorpusParams, layouts) -> dict:
+    os.makedirs(folder, exist_ok=True)
+    n_shards = p.shards if split == "train" else 1
+    if "tfrecord" in layouts:
+        for s in range(n_shards):
+            name = (f"nsynth-{split}-{s:05d}-of-{n_shards:05d}.tfrecord" if n_shards > 1
+                    else f"nsynth-{split}.tfrecord")
+            data.write_tfrecord(os.path.join(folder, name), notes[s::n_shards])
+    if "jsonwav" in layouts:
+        data.write_jsonwav(os.path.join(folder, "jsonwav"), notes)
+    labels = [data.nsynth_family_to_label(m["instrument_family"]) for m, _ in notes]
+    counts = np.bincount(labels, minlength=len(FAMILIES)).tolist()
+    st = {"notes": len(notes), "instruments": len({m["instrument"] for m, _ in notes}), "label_counts": counts}
+    with open(os.path.join(folder, "stats.json"), "w") as fh:
+        json.dump(st, fh, indent=1)
+    return st
+
+
+def add_parser(sub):
+    ap = sub.add_parser("corpus", help="render an NSynth-format corpus from SoundFonts and recordings")
+    ap.add_argument("--out", required=True, help="output folder (train/ valid/ test/ are created)")
+    ap.add_argument("--soundfonts", nargs="*", default=list(DEFAULT_SOUNDFONTS),
+                    help="SoundFont files or folders (default: Debian's packages + ../shared/soundfonts)")
+    ap.add_argument("--samples", nargs="*", default=list(DEFAULT_SAMPLES),
+                    help="folders of instrument sub-folders of single-note recordings")
+    ap.add_argument("--notes-per-instrument", type=int, default=CorpusParams.notes_per_instrument)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--layouts", default="tfrecord,jsonwav", help="comma list: tfrecord,jsonwav")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--limit-instruments", type=int, default=None, help="render a random subset (quick runs)")
+    ap.set_defaults(func=_main)
+
+
+def _main(args):
+    p = CorpusParams(notes_per_instrument=args.notes_per_instrument, seed=args.seed)
+    stats = build(args.out, args.soundfonts, args.samples, p, tuple(args.layouts.split(",")), args.workers,
+                  args.limit_instruments)
+    for split, st in stats.items():
+        print(f"{split}: {st['notes']} notes from {st['instruments']} instruments; per family "
+              + ", ".join(f"{f}={c}" for f, c in zip(FAMILIES, st["label_counts"])))
+    return 0

@@ -1,0 +1,426 @@
+"""NSynth data layer: the official TFRecord schema, the JSON+wav layout, a writer, and audio-file loading.
+
+Every reader yields the same element: a dict with ``audio`` (float32, 64,000 samples at 16 kHz in [-1, 1]),
+``label`` (0..9, our class index; synth_lead is dropped), and the NSynth metadata (``note_str``, ``pitch``,
+``velocity``, ``instrument_str``, ``instrument_family``, ...).
+
+Bad input raises :class:`DataError` with a message that says what to do.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import warnings
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from .params import (AUDIO, FAMILIES, NSYNTH_FAMILY_NAMES, NSYNTH_QUALITY_NAMES, NSYNTH_SOURCE_NAMES,
+                     NUM_CLASSES, SYNTH_LEAD_ID, nsynth_family_to_label)
+
+
+class DataError(Exception):
+    """Input data that cannot be used; the message says what is wrong and what to do."""
+
+
+# ----------------------------------------------------------------------------------------------- schema
+INT_FEATURES = ("note", "instrument", "pitch", "velocity", "sample_rate",
+                "instrument_family", "instrument_source")
+STR_FEATURES = ("note_str", "instrument_str", "instrument_family_str", "instrument_source_str")
+META_KEYS = INT_FEATURES + STR_FEATURES
+
+
+def _tf():
+    import tensorflow as tf  # imported lazily: `predict` on one file should not pay for tf.data setup
+    return tf
+
+
+def feature_spec() -> dict:
+    """The exact NSynth TFRecord schema (tf.train.Example features)."""
+    tf = _tf()
+    spec = {k: tf.io.FixedLenFeature([], tf.int64) for k in INT_FEATURES}
+    spec.update({k: tf.io.FixedLenFeature([], tf.string) for k in STR_FEATURES})
+    spec["audio"] = tf.io.FixedLenFeature([AUDIO.num_samples], tf.float32)
+    spec["qualities"] = tf.io.FixedLenFeature([len(NSYNTH_QUALITY_NAMES)], tf.int64)
+    spec["qualities_str"] = tf.io.VarLenFeature(tf.string)
+    return spec
+
+
+def _family_table():
+    """NSynth family id -> class index, -1 for synth_lead (a static lookup usable in graph code)."""
+    return np.array([nsynth_family_to_label(i) if i != SYNTH_LEAD_ID else -1
+                     for i in range(len(NSYNTH_FAMILY_NAMES))], np.int32)
+
+
+def parse_serialized(serialized):
+    """Parse a batch-free serialized NSynth example into our element dict (graph code)."""
+    tf = _tf()
+    ex = tf.io.parse_single_example(serialized, feature_spec())
+    out = {k: tf.cast(ex[k], tf.int32) for k in INT_FEATURES}
+    out.update({k: ex[k] for k in STR_FEATURES})
+    out["audio"] = ex["audio"]
+    out["qualities"] = tf.cast(ex["qualities"], tf.int32)
+    family = tf.clip_by_value(out["instrument_family"], 0, len(NSYNTH_FAMILY_NAMES) - 1)
+    out["label"] = tf.gather(tf.constant(_family_table()), family)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- sources
+def resolve_source(path: str | os.PathLike) -> tuple[str, list[str]]:
+    """Decide what ``path`` is: ``("tfrecord", files)`` or ``("jsonwav", [folder])``.
+
+    Accepts a TFRecord file, a glob of them, a folder holding ``*.tfrecord*`` files, or an NSynth JSON+wav
+    folder (``examples.json`` + ``audio/<note_str>.wav``).
+    """
+    path = os.fspath(path)
+    if any(ch in path for ch in "*?["):
+        files = sorted(glob.glob(path))
+        if not files:
+            raise DataError(f"No files match {path!r}. Check the pattern, or pass the folder that holds "
+                            "the NSynth data (TFRecord files or examples.json + audio/).")
+        return "tfrecord", files
+    if not os.path.exists(path):
+        raise DataError(f"Data path {path!r} does not exist. Download NSynth (TFRecord or JSON+wav) from "
+                        "https://magenta.tensorflow.org/datasets/nsynth, or use the sample in data/.")
+    if os.path.isdir(path):
+        if os.path.isfile(os.path.join(path, "examples.json")):
+            return "jsonwav", [path]
+        files = sorted(f for f in glob.glob(os.path.join(path, "*.tfrecord*")) if os.path.isfile(f))
+        if files:
+            return "tfrecord", files
+        raise DataError(f"Folder {path!r} holds neither examples.json (NSynth JSON+wav layout) nor "
+                        "*.tfrecord files. Point --data at an NSynth split.")
+    if os.path.getsize(path) == 0:
+        raise DataError(f"{path!r} is empty (0 bytes): the download or copy was cut short; fetch it again.")
+    if path.endswith(".json"):
+        return "jsonwav", [os.path.dirname(path) or "."]
+    return "tfrecord", [path]
+
+
+def tfrecord_dataset(files: list[str], *, parallel_reads: int | None = None):
+    """Parsed, synth_lead-filtered elements from NSynth TFRecord files (parallel reads and parsing)."""
+    tf = _tf()
+    auto = tf.data.AUTOTUNE
+    files_ds = tf.data.Dataset.from_tensor_slices(files)
+    ds = files_ds.interleave(
+        lambda f: tf.data.TFRecordDataset(f, compression_type=_compression(f), buffer_size=8 << 20),
+        cycle_length=parallel_reads or min(len(files), 8), num_parallel_calls=auto, deterministic=True)
+    ds = ds.map(parse_serialized, num_parallel_calls=auto)
+    return ds.filter(lambda e: e["label"] >= 0)
+
+
+def _compression(filename) -> str:
+    tf = _tf()
+    return tf.where(tf.strings.regex_full_match(filename, r".*\.gz"), "GZIP", "")
+
+
+def read_examples_json(folder: str) -> dict:
+    path = os.path.join(folder, "examples.json")
+    try:
+        with open(path) as fh:
+            meta = json.load(fh)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path} is not valid JSON ({err}). Re-extract the NSynth JSON+wav archive.") from None
+    if not isinstance(meta, dict) or not meta:
+        raise DataError(f"{path} holds no notes: expected an object mapping note_str to its metadata.")
+    return meta
+
+
+def jsonwav_records(folder: str) -> Iterator[dict]:
+    """Elements (numpy) from an NSynth JSON+wav folder, in note_str order, synth_lead dropped."""
+    meta = read_examples_json(folder)
+    for note_str in sorted(meta):
+        m = meta[note_str]
+        if m.get("instrument_family") == SYNTH_LEAD_ID:
+            continue
+        wav = os.path.join(folder, "audio", f"{note_str}.wav")
+        if not os.path.isfile(wav):
+            raise DataError(f"{wav} is listed in examples.json but missing. Re-extract the archive.")
+        yield metadata_element(m, load_audio(wav, context="NSynth note"))
+
+
+def metadata_element(meta: Mapping[str, Any], audio: np.ndarray) -> dict:
+    """Build our element dict (numpy values) from NSynth JSON metadata and a 64,000-sample waveform."""
+    out = {}
+    for k in INT_FEATURES:
+        out[k] = np.int32(meta.get(k, AUDIO.sample_rate_hz if k == "sample_rate" else 0))
+    for k in STR_FEATURES:
+        out[k] = str(meta.get(k, "")).encode()
+    q = meta.get("qualities", [0] * len(NSYNTH_QUALITY_NAMES))
+    out["qualities"] = np.asarray(q, np.int32)
+    out["audio"] = np.asarray(audio, np.float32)
+    out["label"] = np.int32(nsynth_family_to_label(int(out["instrument_family"])))
+    return out
+
+
+def jsonwav_dataset(folder: str):
+    """The JSON+wav layout as a tf.data.Dataset with the same element structure as the TFRecord reader."""
+    tf = _tf()
+    sig = element_signature()
+    return tf.data.Dataset.from_generator(lambda: jsonwav_records(folder), output_signature=sig)
+
+
+def element_signature() -> dict:
+    tf = _tf()
+    sig = {k: tf.TensorSpec([], tf.int32) for k in INT_FEATURES}
+    sig.update({k: tf.TensorSpec([], tf.string) for k in STR_FEATURES})
+    sig["qualities"] = tf.TensorSpec([len(NSYNTH_QUALITY_NAMES)], tf.int32)
+    sig["audio"] = tf.TensorSpec([AUDIO.num_samples], tf.float32)
+    sig["label"] = tf.TensorSpec([], tf.int32)
+    return sig
+
+
+def nsynth_dataset(path):
+    """Unbatched elements from any supported source (see :func:`resolve_source`)."""
+    kind, files = resolve_source(path)
+    if kind == "jsonwav":
+        return jsonwav_dataset(files[0])
+    return tfrecord_dataset(files)
+
+
+def translate_tf_error(err: Exception, source) -> DataError:
+    """Turn TensorFlow's low-level read/parse errors into a DataError that says what to do."""
+    msg = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+    if "corrupted record" in msg.lower() or "DataLoss" in type(err).__name__ or "truncated" in msg.lower():
+        return DataError(f"{source}: a TFRecord is corrupt or truncated ({msg}). Download that file again "
+                         "(compare its size/checksum with the original).")
+    if "Key: audio" in msg or "Feature: audio" in msg or "audio" in msg and "shape" in msg.lower():
+        return DataError(f"{source}: a record's audio is not {AUDIO.num_samples} float samples ({msg}). "
+                         "NSynth notes are 4 s at 16 kHz; rewrite the data with nsynth_cnn.data.write_tfrecord.")
+    return DataError(f"{source}: cannot read this as NSynth data ({msg}). Is it an NSynth TFRecord "
+                     "(tf.train.Example with the NSynth schema) or a JSON+wav folder?")
+
+
+def iterate(ds, source) -> Iterator[Any]:
+    """Iterate a dataset as numpy, turning TensorFlow read errors into :class:`DataError`."""
+    tf = _tf()
+    it = iter(ds.as_numpy_iterator())
+    while True:
+        try:
+            yield next(it)
+        except StopIteration:
+            return
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as err:
+            raise translate_tf_error(err, source) from None
+
+
+def load_arrays(path, limit: int | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """All notes of a (small) source as ``(audio[n, 64000], meta)``; meta holds numpy columns."""
+    ds = nsynth_dataset(path)
+    if limit:
+        ds = ds.take(limit)
+    rows = list(iterate(ds, path))
+    if not rows:
+        raise DataError(f"{path}: no notes left after dropping synth_lead; nothing to use.")
+    audio = np.stack([r.pop("audio") for r in rows])
+    meta = {k: np.array([r[k] for r in rows]) for k in rows[0]}
+    for k in STR_FEATURES:
+        meta[k] = np.array([s.decode() for s in meta[k]])
+    return audio, meta
+
+
+# ----------------------------------------------------------------------------------------------- training input
+def training_dataset(path, *, batch_size: int, shuffle_buffer: int, seed: int,
+                     class_weights: np.ndarray | None = None, repeat: bool = False, cache: bool = False):
+    """Batches of ``(audio, label[, sample_weight])`` for ``model.fit``.
+
+    Shuffling: the official train file is sorted by family, so a shuffle buffer smaller than a family
+    gives single-class batches. Several shard files are read interleaved and shuffled at file level; for the
+    official single file, run ``python -m nsynth_cnn prepare`` once (shuffled int16 shards) first.
+    """
+    tf = _tf()
+    kind, files = resolve_source(path)
+    if kind == "tfrecord" and len(files) > 1:
+        files_ds = tf.data.Dataset.from_tensor_slices(files).shuffle(len(files), seed=seed)
+        ds = files_ds.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type=_compression(f)),
+                                 cycle_length=min(len(files), 16), block_length=1,
+                                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+        ds = ds.map(parse_serialized, num_parallel_calls=tf.data.AUTOTUNE).filter(lambda e: e["label"] >= 0)
+    else:
+        ds = nsynth_dataset(path)
+    weights = None if class_weights is None else tf.constant(class_weights, tf.float32)
+
+    def to_xy(e):
+        if weights is None:
+            return e["audio"], e["label"]
+        return e["audio"], e["label"], tf.gather(weights, e["label"])
+
+    ds = ds.map(to_xy, num_parallel_calls=tf.data.AUTOTUNE)
+    if cache:
+        ds = ds.cache()
+    if shuffle_buffer:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def label_counts(path) -> np.ndarray:
+    """Notes per class. Uses ``stats.json`` beside the data when present (written by corpus/prepare)."""
+    kind, files = resolve_source(path)
+    stats = os.path.join(os.path.dirname(files[0]) if kind == "tfrecord" else files[0], "stats.json")
+    if os.path.isfile(stats):
+        with open(stats) as fh:
+            counts = json.load(fh).get("label_counts")
+        if counts and len(counts) == NUM_CLASSES:
+            return np.asarray(counts, np.int64)
+    ds = nsynth_dataset(path).map(lambda e: e["label"])
+    counts = np.zeros(NUM_CLASSES, np.int64)
+    for lab in iterate(ds.batch(4096), path):
+        counts += np.bincount(lab, minlength=NUM_CLASSES)
+    return counts
+
+
+def balanced_class_weights(counts: np.ndarray) -> np.ndarray:
+    """Inverse-frequency weights, normalised so that the average weight per note is 1."""
+    counts = np.asarray(counts, np.float64)
+    present = counts > 0
+    w = np.zeros_like(counts)
+    w[present] = counts[present].sum() / (present.sum() * counts[present])
+    return w.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------- writing
+def _bytes(v):
+    tf = _tf()
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v if isinstance(v, bytes) else str(v).encode()]))
+
+
+def _ints(vs):
+    tf = _tf()
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in np.atleast_1d(vs)]))
+
+
+def serialize_note(meta: Mapping[str, Any], audio: np.ndarray) -> bytes:
+    """One NSynth-schema tf.train.Example. ``meta`` uses NSynth's JSON keys (see :func:`note_metadata`)."""
+    tf = _tf()
+    audio = np.asarray(audio, np.float32)
+    if audio.shape != (AUDIO.num_samples,):
+        raise DataError(f"note {meta.get('note_str')}: audio has shape {audio.shape}, expected "
+                        f"({AUDIO.num_samples},). Pad/trim to 4 s at 16 kHz first (data.fit_length).")
+    q = np.asarray(meta.get("qualities", [0] * len(NSYNTH_QUALITY_NAMES)), np.int64)
+    feats = {k: _ints(meta[k]) for k in INT_FEATURES}
+    feats.update({k: _bytes(meta[k]) for k in STR_FEATURES})
+    feats["audio"] = tf.train.Feature(float_list=tf.train.FloatList(value=audio))
+    feats["qualities"] = _ints(q)
+    names = [n for n, on in zip(NSYNTH_QUALITY_NAMES, q) if on]
+    feats["qualities_str"] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[n.encode() for n in names]))
+    return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString()
+
+
+def note_metadata(*, family: str, source: str, instrument: int, pitch: int, velocity: int,
+                  note: int = 0, instrument_str: str | None = None,
+                  qualities: Iterable[int] | None = None) -> dict:
+    """NSynth JSON metadata for one note, with NSynth's naming (``family_source_NNN-PPP-VVV``)."""
+    fam_id = NSYNTH_FAMILY_NAMES.index(family)
+    src_id = NSYNTH_SOURCE_NAMES.index(source)
+    inst_str = instrument_str or f"{family}_{source}_{instrument:03d}"
+    return {
+        "note": int(note), "note_str": f"{inst_str}-{pitch:03d}-{velocity:03d}",
+        "instrument": int(instrument), "instrument_str": inst_str,
+        "pitch": int(pitch), "velocity": int(velocity), "sample_rate": AUDIO.sample_rate_hz,
+        "qualities": list(qualities) if qualities is not None else [0] * len(NSYNTH_QUALITY_NAMES),
+        "qualities_str": [n for n, on in zip(NSYNTH_QUALITY_NAMES, qualities or []) if on],
+        "instrument_family": fam_id, "instrument_family_str": family,
+        "instrument_source": src_id, "instrument_source_str": source,
+    }
+
+
+def write_tfrecord(path: str, notes: Iterable[tuple[Mapping[str, Any], np.ndarray]]) -> int:
+    """Write ``(meta, audio)`` pairs as an NSynth-schema TFRecord, atomically. Returns the count."""
+    tf = _tf()
+    tmp = f"{path}.tmp"
+    n = 0
+    with tf.io.TFRecordWriter(tmp) as w:
+        for meta, audio in notes:
+            w.write(serialize_note(meta, audio))
+            n += 1
+    os.replace(tmp, path)
+    return n
+
+
+def write_jsonwav(folder: str, notes: Iterable[tuple[Mapping[str, Any], np.ndarray]]) -> int:
+    """Write ``(meta, audio)`` pairs in NSynth's JSON+wav layout (16-bit PCM wav). Returns the count."""
+    import soundfile as sf
+    os.makedirs(os.path.join(folder, "audio"), exist_ok=True)
+    meta_all = {}
+    for meta, audio in notes:
+        sf.write(os.path.join(folder, "audio", f"{meta['note_str']}.wav"),
+                 np.clip(audio, -1.0, 1.0), AUDIO.sample_rate_hz, subtype="PCM_16")
+        meta_all[meta["note_str"]] = dict(meta)
+    tmp = os.path.join(folder, "examples.json.tmp")
+    with open(tmp, "w") as fh:
+        json.dump(meta_all, fh, indent=1, sort_keys=True)
+    os.replace(tmp, os.path.join(folder, "examples.json"))
+    return len(meta_all)
+
+
+# ----------------------------------------------------------------------------------------------- audio files
+SILENCE_PEAK = 1e-4  # peak amplitude below which a recording counts as silent (-80 dBFS)
+
+
+def fit_length(audio: np.ndarray, num_samples: int = AUDIO.num_samples) -> np.ndarray:
+    """Trim or zero-pad a mono waveform to ``num_samples``."""
+    audio = np.asarray(audio, np.float32)[:num_samples]
+    if audio.shape[0] < num_samples:
+        audio = np.pad(audio, (0, num_samples - audio.shape[0]))
+    return audio
+
+
+def load_audio(path: str, *, context: str = "audio file", min_seconds: float = 0.05,
+               reject_silent: bool = False, onset_trim: bool = False) -> np.ndarray:
+    """Any common audio file -> float32 mono, 16 kHz, exactly 4 s, in [-1, 1].
+
+    Documented conversions: stereo/multichannel is averaged to mono; other sample rates are resampled
+    to 16 kHz (soxr, high quality); shorter notes are zero padded and longer ones trimmed to 4 s (with
+    ``onset_trim`` the leading silence is skipped first, so a long recording is classified from its onset).
+    """
+    import soundfile as sf
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: no such file.")
+    if os.path.getsize(path) == 0:
+        raise DataError(f"{path}: the file is empty (0 bytes).")
+    try:
+        audio, rate = sf.read(path, dtype="float32", always_2d=True)
+    except Exception:
+        audio, rate = _read_with_librosa(path, context)
+    if audio.size == 0:
+        raise DataError(f"{path}: the {context} holds no samples.")
+    if audio.shape[0] / rate < min_seconds:
+        raise DataError(f"{path}: the {context} is {audio.shape[0] / rate * 1000:.0f} ms long; at least "
+                        f"{min_seconds * 1000:.0f} ms of sound is needed (NSynth notes are 4 s).")
+    mono = audio.mean(axis=1) if audio.ndim == 2 else audio
+    if rate != AUDIO.sample_rate_hz:
+        import soxr
+        mono = soxr.resample(mono, rate, AUDIO.sample_rate_hz, quality="HQ").astype(np.float32)
+    if not np.all(np.isfinite(mono)):
+        raise DataError(f"{path}: the {context} contains NaN/inf samples; it is damaged.")
+    peak = float(np.max(np.abs(mono))) if mono.size else 0.0
+    if reject_silent and peak < SILENCE_PEAK:
+        raise DataError(f"{path}: the {context} is silent (peak {peak:.1e}); there is no note to classify.")
+    if onset_trim and peak >= SILENCE_PEAK:
+        start = int(np.argmax(np.abs(mono) >= 0.01 * peak))
+        mono = mono[max(0, start - AUDIO.sample_rate_hz // 100):]
+    if peak > 1.0:
+        mono = mono / peak
+    return fit_length(mono)
+
+
+def _read_with_librosa(path: str, context: str):
+    """Fallback decoder (audioread/ffmpeg) for formats libsndfile does not know."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            import librosa
+            audio, rate = librosa.load(path, sr=None, mono=False)
+        except Exception as err:
+            raise DataError(f"{path}: not a readable audio file ({type(err).__name__}). Use wav, flac, "
+                            "ogg or mp3.") from None
+    audio = np.atleast_2d(audio).T.astype(np.float32)  # (frames, channels)
+    return audio, int(rate)
+
+
+def family_name(label: int) -> str:
+    return FAMILIES[int(label)]

@@ -1,0 +1,233 @@
+"""Audio front ends and training-only augmentation, as Keras layers (kapre style).
+
+Every layer is written with ``keras.ops`` only, has a ``get_config`` and is registered for serialisation,
+so a saved model loads under the TensorFlow, JAX and PyTorch backends after ``import nsynth_cnn``.
+Shapes are given as (batch, ...) in each docstring.
+"""
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import ops
+
+PACKAGE = "nsynth_cnn"
+
+
+def _register(cls):
+    return keras.saving.register_keras_serializable(package=PACKAGE)(cls)
+
+
+# ----------------------------------------------------------------------------------------------- front ends
+@_register
+class PeakNormalize(keras.layers.Layer):
+    """(batch, samples) -> same; divides each waveform by its peak so loudness/gain cannot be a cue."""
+
+    def __init__(self, epsilon: float = 1e-4, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = epsilon
+
+    def call(self, x):
+        peak = ops.max(ops.abs(x), axis=-1, keepdims=True)
+        return x / ops.maximum(peak, self.epsilon)
+
+    def get_config(self):
+        return {**super().get_config(), "epsilon": self.epsilon}
+
+
+def lowpass_fir(num_taps: int, cutoff: float, beta: float) -> np.ndarray:
+    """Kaiser-windowed sinc low-pass; ``cutoff`` as a fraction of the input Nyquist. Unit DC gain."""
+    from scipy.signal import firwin
+    return firwin(num_taps, cutoff, window=("kaiser", beta)).astype(np.float32)
+
+
+@_register
+class AntiAliasDownsample(keras.layers.Layer):
+    """(batch, samples) -> (batch, samples // factor, 1): FIR low-pass below the new Nyquist, then decimate.
+
+    The filter is a fixed (non-trainable) Kaiser-windowed sinc; the strided convolution computes only the
+    kept samples, so filtering and decimation cost one pass.
+    """
+
+    def __init__(self, factor: int, num_taps: int = 63, cutoff_ratio: float = 0.9,
+                 kaiser_beta: float = 8.0, **kwargs):
+        super().__init__(**kwargs)
+        self.factor, self.num_taps = int(factor), int(num_taps)
+        self.cutoff_ratio, self.kaiser_beta = float(cutoff_ratio), float(kaiser_beta)
+        taps = lowpass_fir(self.num_taps, self.cutoff_ratio / self.factor, self.kaiser_beta)
+        self._kernel = taps[::-1].reshape(-1, 1, 1).copy()
+
+    def call(self, x):
+        x = ops.expand_dims(ops.cast(x, "float32"), -1)
+        y = ops.conv(x, ops.convert_to_tensor(self._kernel), strides=self.factor, padding="same")
+        return ops.cast(y, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        n = input_shape[1]
+        return (input_shape[0], None if n is None else -(-n // self.factor), 1)
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor, "num_taps": self.num_taps,
+                "cutoff_ratio": self.cutoff_ratio, "kaiser_beta": self.kaiser_beta}
+
+
+@_register
+class LogMelSpectrogram(keras.layers.Layer):
+    """(batch, samples) -> (batch, frames, mel_bins, 1): log-mel image scaled to about [-1, 1].
+
+    Power mel spectrogram from ``keras.layers.MelSpectrogram`` (Hann window, centred frames, HTK mel
+    scale), then dB relative to *each example's* peak, floored at ``-top_db`` and mapped
+    ``[-top_db, 0] dB -> [-1, 1]``. (Keras' own dB option uses one maximum for the whole batch, which
+    would make a note's features depend on its batch mates.)
+    """
+
+    def __init__(self, sample_rate: int = 16000, fft_length: int = 1024, window_length: int = 1024,
+                 hop_length: int = 256, num_mel_bins: int = 96, min_hz: float = 30.0,
+                 max_hz: float = 8000.0, top_db: float = 80.0, **kwargs):
+        super().__init__(**kwargs)
+        self.sample_rate, self.fft_length, self.window_length = sample_rate, fft_length, window_length
+        self.hop_length, self.num_mel_bins = hop_length, num_mel_bins
+        self.min_hz, self.max_hz, self.top_db = min_hz, max_hz, top_db
+        self.mel = keras.layers.MelSpectrogram(
+            fft_length=fft_length, sequence_stride=hop_length, sequence_length=window_length,
+            window="hann", sampling_rate=sample_rate, num_mel_bins=num_mel_bins, min_freq=min_hz,
+            max_freq=max_hz, power_to_db=False, mag_exp=2.0, dtype="float32")
+
+    def call(self, x):
+        power = self.mel(ops.cast(x, "float32"))              # (batch, mel, frames)
+        db = 10.0 * ops.log10(ops.maximum(power, 1e-10))
+        db = db - ops.max(db, axis=(1, 2), keepdims=True)
+        db = ops.maximum(db, -self.top_db)
+        img = ops.transpose(db / (self.top_db / 2.0) + 1.0, (0, 2, 1))
+        return ops.cast(ops.expand_dims(img, -1), self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        n = input_shape[1]
+        frames = None if n is None else n // self.hop_length + 1
+        return (input_shape[0], frames, self.num_mel_bins, 1)
+
+    def get_config(self):
+        return {**super().get_config(), "sample_rate": self.sample_rate, "fft_length": self.fft_length,
+                "window_length": self.window_length, "hop_length": self.hop_length,
+                "num_mel_bins": self.num_mel_bins, "min_hz": self.min_hz, "max_hz": self.max_hz,
+                "top_db": self.top_db}
+
+
+# ----------------------------------------------------------------------------------------------- augmentation
+class _RandomLayer(keras.layers.Layer):
+    """Base for training-only random layers: identity unless ``training`` is true."""
+
+    def __init__(self, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, x, training=None):
+        return self.augment(x) if training else x
+
+    def get_config(self):
+        return {**super().get_config(), "seed": self.seed}
+
+
+@_register
+class RandomTimeShift(_RandomLayer):
+    """(batch, samples): delays each note by 0..max_shift samples (zeros in front, tail dropped)."""
+
+    def __init__(self, max_shift: int, **kwargs):
+        super().__init__(**kwargs)
+        self.max_shift = int(max_shift)
+
+    def augment(self, x):
+        n = ops.shape(x)[1]
+        shift = keras.random.randint((ops.shape(x)[0], 1), 0, self.max_shift + 1, seed=self.seed_generator)
+        idx = ops.expand_dims(ops.arange(n), 0) - shift
+        shifted = ops.take_along_axis(x, ops.maximum(idx, 0), axis=1)
+        return ops.where(idx >= 0, shifted, ops.zeros_like(shifted))
+
+    def get_config(self):
+        return {**super().get_config(), "max_shift": self.max_shift}
+
+
+@_register
+class RandomTilt(_RandomLayer):
+    """(batch, samples): random first-order EQ y[t] = x[t] + a*x[t-1], a ~ U(-0.9, 0.9) per note.
+
+    a > 0 darkens (low shelf up), a < 0 brightens: cheap stand-in for microphone/room colouration,
+    the main difference between SoundFont renders and NSynth recordings. Peak is renormalised after.
+    """
+
+    def augment(self, x):
+        a = keras.random.uniform((ops.shape(x)[0], 1), -0.9, 0.9, seed=self.seed_generator)
+        prev = ops.pad(x[:, :-1], ((0, 0), (1, 0)))
+        y = x + a * prev
+        return y / ops.maximum(ops.max(ops.abs(y), axis=-1, keepdims=True), 1e-4)
+
+
+@_register
+class RandomNoise(_RandomLayer):
+    """(batch, samples): with probability ``probability`` add white noise at SNR ~ U(min_db, max_db)."""
+
+    def __init__(self, snr_db_min: float = 25.0, snr_db_max: float = 60.0, probability: float = 0.5,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.snr_db_min, self.snr_db_max, self.probability = snr_db_min, snr_db_max, probability
+
+    def augment(self, x):
+        b = ops.shape(x)[0]
+        snr = keras.random.uniform((b, 1), self.snr_db_min, self.snr_db_max, seed=self.seed_generator)
+        on = ops.cast(keras.random.uniform((b, 1), seed=self.seed_generator) < self.probability, x.dtype)
+        rms = ops.sqrt(ops.mean(ops.square(x), axis=-1, keepdims=True) + 1e-12)
+        noise = keras.random.normal(ops.shape(x), seed=self.seed_generator, dtype=x.dtype)
+        return x + on * noise * rms * ops.power(10.0, -snr / 20.0)
+
+    def get_config(self):
+        return {**super().get_config(), "snr_db_min": self.snr_db_min, "snr_db_max": self.snr_db_max,
+                "probability": self.probability}
+
+
+@_register
+class RandomMelEQ(_RandomLayer):
+    """(batch, frames, mels, 1) log-mel image in [-1, 1] units: adds a random tilt plus a smooth random
+    curve across mel bins (max ``tilt_db`` and ``bumps_db``), i.e. a random equaliser in the dB domain."""
+
+    def __init__(self, tilt_db: float = 12.0, bumps_db: float = 6.0, top_db: float = 80.0, **kwargs):
+        super().__init__(**kwargs)
+        self.tilt_db, self.bumps_db, self.top_db = tilt_db, bumps_db, top_db
+
+    def augment(self, x):
+        b, mels = ops.shape(x)[0], ops.shape(x)[2]
+        pos = ops.linspace(-1.0, 1.0, mels)
+        tilt = keras.random.uniform((b, 1), -1.0, 1.0, seed=self.seed_generator) * self.tilt_db
+        phase = keras.random.uniform((b, 1), 0.0, 6.283, seed=self.seed_generator)
+        freq = keras.random.uniform((b, 1), 0.5, 3.0, seed=self.seed_generator)
+        amp = keras.random.uniform((b, 1), 0.0, 1.0, seed=self.seed_generator) * self.bumps_db
+        curve_db = tilt * pos[None, :] / 2.0 + amp * ops.sin(freq * 3.1416 * pos[None, :] + phase)
+        return x + ops.reshape(curve_db / (self.top_db / 2.0), (b, 1, mels, 1))
+
+    def get_config(self):
+        return {**super().get_config(), "tilt_db": self.tilt_db, "bumps_db": self.bumps_db,
+                "top_db": self.top_db}
+
+
+@_register
+class SpecMask(_RandomLayer):
+    """(batch, frames, mels, 1): SpecAugment - one random frequency band and one time span set to -1."""
+
+    def __init__(self, max_freq_bins: int = 12, max_time_frames: int = 20, **kwargs):
+        super().__init__(**kwargs)
+        self.max_freq_bins, self.max_time_frames = max_freq_bins, max_time_frames
+
+    def _mask(self, b, n, width_max):
+        width = keras.random.randint((b, 1), 0, width_max + 1, seed=self.seed_generator)
+        start = keras.random.randint((b, 1), 0, n, seed=self.seed_generator)
+        pos = ops.expand_dims(ops.arange(n), 0)
+        return ops.logical_and(pos >= start, pos < start + width)
+
+    def augment(self, x):
+        b, t, m = ops.shape(x)[0], ops.shape(x)[1], ops.shape(x)[2]
+        fmask = ops.reshape(self._mask(b, m, self.max_freq_bins), (b, 1, m, 1))
+        tmask = ops.reshape(self._mask(b, t, self.max_time_frames), (b, t, 1, 1))
+        return ops.where(ops.logical_or(fmask, tmask), -ops.ones_like(x), x)
+
+    def get_config(self):
+        return {**super().get_config(), "max_freq_bins": self.max_freq_bins,
+                "max_time_frames": self.max_time_frames}

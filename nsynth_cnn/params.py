@@ -1,0 +1,118 @@
+"""Every tunable number of the project, one frozen dataclass per concern (YAMNet's ``params.py`` style).
+
+Units are in the names (``_hz``, ``_seconds``, ``_samples``). Derived values are properties, so nothing
+that depends on another value can drift out of sync with it.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+# NSynth's instrument_family ids 0..10; id 9 (synth_lead) has no test notes and is dropped.
+NSYNTH_FAMILY_NAMES = (
+    "bass", "brass", "flute", "guitar", "keyboard", "mallet",
+    "organ", "reed", "string", "synth_lead", "vocal",
+)
+SYNTH_LEAD_ID = 9
+# The 10 classes our models predict, in NSynth order without synth_lead.
+FAMILIES = tuple(name for i, name in enumerate(NSYNTH_FAMILY_NAMES) if i != SYNTH_LEAD_ID)
+NUM_CLASSES = len(FAMILIES)
+NSYNTH_SOURCE_NAMES = ("acoustic", "electronic", "synthetic")
+NSYNTH_QUALITY_NAMES = (
+    "bright", "dark", "distortion", "fast_decay", "long_release",
+    "multiphonic", "nonlinear_env", "percussive", "reverb", "tempo-synced",
+)
+
+
+def nsynth_family_to_label(family_id: int) -> int:
+    """NSynth instrument_family id (0..10) -> class index (0..9); -1 for synth_lead."""
+    if family_id == SYNTH_LEAD_ID:
+        return -1
+    if not 0 <= family_id < len(NSYNTH_FAMILY_NAMES):
+        raise ValueError(f"instrument_family {family_id} is not an NSynth family id (0..10)")
+    return family_id if family_id < SYNTH_LEAD_ID else family_id - 1
+
+
+def label_to_nsynth_family(label: int) -> int:
+    """Class index (0..9) -> NSynth instrument_family id."""
+    return label if label < SYNTH_LEAD_ID else label + 1
+
+
+@dataclasses.dataclass(frozen=True)
+class AudioParams:
+    """The NSynth note format every model input follows."""
+    sample_rate_hz: int = 16_000
+    note_seconds: float = 4.0
+    held_seconds: float = 3.0          # note-on time; the last second is the release
+
+    @property
+    def num_samples(self) -> int:
+        return int(round(self.sample_rate_hz * self.note_seconds))
+
+
+@dataclasses.dataclass(frozen=True)
+class WaveformParams:
+    """Waveform CNN front end.
+
+    8 kHz keeps everything up to 4 kHz: the fundamentals of all but NSynth's top ~5 pitches (C8 = 4186 Hz)
+    and the first harmonics that carry timbre for most notes, at half the cost of 16 kHz. A 4 kHz rate
+    (2 kHz Nyquist) would drop the second harmonic of every note above C6 and the brightness that tells
+    brass from flute. The low-pass is a windowed-sinc FIR applied before decimation, so nothing above the
+    new Nyquist folds back (aliases) into the band we keep.
+    """
+    target_rate_hz: int = 8_000
+    antialias_taps: int = 63
+    antialias_cutoff_ratio: float = 0.9      # cutoff as a fraction of the new Nyquist
+    antialias_kaiser_beta: float = 8.0
+
+    def downsample_factor(self, audio: AudioParams = AudioParams()) -> int:
+        factor, rem = divmod(audio.sample_rate_hz, self.target_rate_hz)
+        if rem:
+            raise ValueError("target_rate_hz must divide the input sample rate")
+        return factor
+
+
+@dataclasses.dataclass(frozen=True)
+class LogMelParams:
+    """Log-mel front end of the spectrogram CNN (computed inside the model)."""
+    stft_window_samples: int = 1024      # 64 ms at 16 kHz
+    stft_hop_samples: int = 512          # 32 ms: 126 frames per note
+    fft_length: int = 1024
+    num_mel_bins: int = 64
+    mel_min_hz: float = 30.0
+    mel_max_hz: float = 8_000.0
+    top_db: float = 80.0                 # dynamic range kept below each example's peak
+
+    def num_frames(self, audio: AudioParams = AudioParams()) -> int:
+        return audio.num_samples // self.stft_hop_samples + 1
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentParams:
+    """Training-only augmentation layers (identity at inference)."""
+    noise_snr_db_min: float = 25.0        # additive white noise at a random SNR in [min, max]
+    noise_snr_db_max: float = 60.0
+    noise_probability: float = 0.5
+    max_time_shift_seconds: float = 0.1   # random circular-free delay (zero padded) of the onset
+    eq_max_tilt_db: float = 12.0          # random spectral tilt across the band, +- this
+    eq_max_bumps_db: float = 6.0          # random smooth EQ curve amplitude
+    spec_freq_mask_bins: int = 8         # SpecAugment-style masks on the log-mel image
+    spec_time_mask_frames: int = 12
+    mixup_alpha: float = 0.0              # 0 disables mixup (done in tf.data when > 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainParams:
+    batch_size: int = 64
+    epochs: int = 30
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 1
+    label_smoothing: float = 0.05
+    early_stopping_patience: int = 6
+    shuffle_buffer: int = 4096           # examples; see data.py on family-ordered files
+    class_balance: str = "weights"       # "weights" (loss weights) | "none"
+    seed: int = 1234
+    dropout: float = 0.3
+
+
+AUDIO = AudioParams()
