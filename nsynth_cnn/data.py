@@ -85,12 +85,12 @@ def resolve_source(path: str | os.PathLike) -> tuple[str, list[str]]:
         raise DataError(f"Data path {path!r} does not exist. Download NSynth (TFRecord or JSON+wav) from "
                         "https://magenta.tensorflow.org/datasets/nsynth, or use the sample in data/.")
     if os.path.isdir(path):
-        if os.path.isfile(os.path.join(path, "examples.json")):
+        if any(os.path.isfile(os.path.join(path, f)) for f in ("examples.json", "notes.csv")):
             return "jsonwav", [path]
         files = sorted(f for f in glob.glob(os.path.join(path, "*.tfrecord*")) if os.path.isfile(f))
         if files:
             return "tfrecord", files
-        raise DataError(f"Folder {path!r} holds neither examples.json (NSynth JSON+wav layout) nor "
+        raise DataError(f"Folder {path!r} holds neither examples.json (NSynth JSON+wav layout), notes.csv, nor "
                         "*.tfrecord files. Point --data at an NSynth split.")
     if os.path.getsize(path) == 0:
         raise DataError(f"{path!r} is empty (0 bytes): the download or copy was cut short; fetch it again.")
@@ -116,8 +116,27 @@ def _compression(filename) -> str:
     return tf.where(tf.strings.regex_full_match(filename, r".*\.gz"), "GZIP", "")
 
 
+def _read_notes_csv(path: str) -> dict:
+    """A ``notes.csv`` listing (note_str, instrument_family_str, instrument_source_str, pitch, velocity)
+    stands in for examples.json, e.g. for a hand-collected folder of real NSynth notes."""
+    import pandas as pd
+    meta = {}
+    for row in pd.read_csv(path).to_dict("records"):
+        fam = row["instrument_family_str"]
+        src = row.get("instrument_source_str", "acoustic")
+        inst_str = row["note_str"].rsplit("-", 2)[0]
+        meta[row["note_str"]] = {
+            "note_str": row["note_str"], "instrument_str": inst_str, "pitch": int(row["pitch"]),
+            "velocity": int(row["velocity"]), "sample_rate": AUDIO.sample_rate_hz,
+            "instrument_family": NSYNTH_FAMILY_NAMES.index(fam), "instrument_family_str": fam,
+            "instrument_source": NSYNTH_SOURCE_NAMES.index(src), "instrument_source_str": src}
+    return meta
+
+
 def read_examples_json(folder: str) -> dict:
     path = os.path.join(folder, "examples.json")
+    if not os.path.isfile(path) and os.path.isfile(os.path.join(folder, "notes.csv")):
+        return _read_notes_csv(os.path.join(folder, "notes.csv"))
     try:
         with open(path) as fh:
             meta = json.load(fh)

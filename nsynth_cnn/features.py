@@ -92,6 +92,10 @@ class LogMelSpectrogram(keras.layers.Layer):
             window="hann", sampling_rate=sample_rate, num_mel_bins=num_mel_bins, min_freq=min_hz,
             max_freq=max_hz, power_to_db=False, mag_exp=2.0, dtype="float32")
 
+    def build(self, input_shape):
+        self.mel.build(input_shape)
+        super().build(input_shape)
+
     def call(self, x):
         power = self.mel(ops.cast(x, "float32"))              # (batch, mel, frames)
         db = 10.0 * ops.log10(ops.maximum(power, 1e-10))

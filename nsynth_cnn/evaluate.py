@@ -1,0 +1,122 @@
+"""Evaluation: stream a data source through a saved model; accuracy, per-class accuracy, confusion matrix.
+
+``python -m nsynth_cnn evaluate --model {waveform,logmel,both} --data PATH [--out FILE.json]``
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+from . import data
+from .params import FAMILIES, NUM_CLASSES
+
+
+class WeightsError(data.DataError):
+    """Saved weights missing, unreadable, or not a model with our input/output contract."""
+
+
+def load_trained(name: str, weights_dir: str = "weights"):
+    """Load ``<weights_dir>/<name>_cnn.keras`` with a clear error if it is missing or does not fit."""
+    import keras
+    path = os.path.join(weights_dir, f"{name}_cnn.keras")
+    if not os.path.isfile(path):
+        raise WeightsError(f"{path} not found. Train it (python -m nsynth_cnn train --model {name} --train "
+                           "PATH --valid PATH --out " f"{weights_dir}) or restore weights/ from project1.zip.")
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as err:
+        raise WeightsError(f"{path} cannot be loaded ({type(err).__name__}: {str(err)[:200]}). The file is "
+                           "damaged or from another project/version: re-train it or restore it from "
+                           "project1.zip.") from None
+    shape_in, shape_out = tuple(model.input_shape), tuple(model.output_shape)
+    if shape_in[1:] != (data.AUDIO.num_samples,) or shape_out[1:] != (NUM_CLASSES,):
+        raise WeightsError(f"{path} takes {shape_in} and returns {shape_out}; this project's models take "
+                           f"(batch, {data.AUDIO.num_samples}) waveforms and return (batch, {NUM_CLASSES}) "
+                           "family probabilities. Use weights trained by this project.")
+    return model
+
+
+@dataclasses.dataclass
+class Predictions:
+    """Per-note results of one model on one source (small: no audio kept unless asked)."""
+    probs: np.ndarray                 # (n, 10)
+    labels: np.ndarray                # (n,)
+    meta: dict[str, np.ndarray]       # note_str, pitch, velocity, instrument_str, ...
+    audio: np.ndarray | None = None   # (n, 64000) when keep_audio
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return self.probs.argmax(axis=1)
+
+
+def predict_source(model, path, batch_size: int = 64, keep_audio: bool = False,
+                   limit: int | None = None) -> Predictions:
+    """Run ``model`` over every note of ``path`` in batches (streaming: one batch of audio in memory)."""
+    ds = data.nsynth_dataset(path)
+    if limit:
+        ds = ds.take(limit)
+    probs, labels, metas, audio = [], [], [], []
+    keys = ("note_str", "instrument_str", "pitch", "velocity", "instrument_family", "instrument_source_str")
+    for batch in data.iterate(ds.batch(batch_size).prefetch(2), path):
+        probs.append(np.asarray(model.predict_on_batch(batch["audio"])))
+        labels.append(batch["label"])
+        metas.append({k: batch[k] for k in keys})
+        if keep_audio:
+            audio.append(batch["audio"])
+    if not probs:
+        raise data.DataError(f"{path}: no notes to evaluate (empty, or only synth_lead notes).")
+    meta = {k: np.concatenate([m[k] for m in metas]) for k in keys}
+    for k in ("note_str", "instrument_str", "instrument_source_str"):
+        meta[k] = np.array([s.decode() if isinstance(s, bytes) else s for s in meta[k]])
+    return Predictions(np.concatenate(probs).astype(np.float32), np.concatenate(labels).astype(np.int64),
+                       meta, np.concatenate(audio) if keep_audio else None)
+
+
+def metrics(labels: np.ndarray, probs: np.ndarray) -> dict:
+    """Accuracy, per-class accuracy (None for a class with no notes), confusion matrix (rows = truth)."""
+    from sklearn.metrics import confusion_matrix
+    pred = probs.argmax(axis=1)
+    cm = confusion_matrix(labels, pred, labels=list(range(NUM_CLASSES)))
+    support = cm.sum(axis=1)
+    per_class = {f: (float(cm[i, i] / support[i]) if support[i] else None) for i, f in enumerate(FAMILIES)}
+    present = support > 0
+    return {"notes": int(len(labels)), "accuracy": float((pred == labels).mean()),
+            "balanced_accuracy": float(np.mean(np.diag(cm)[present] / support[present])),
+            "per_class_accuracy": per_class, "support": dict(zip(FAMILIES, support.tolist())),
+            "confusion_matrix": cm.tolist(), "classes": list(FAMILIES)}
+
+
+def evaluate(name: str, path, weights_dir: str = "weights", batch_size: int = 64) -> dict:
+    model = load_trained(name, weights_dir)
+    pred = predict_source(model, path, batch_size)
+    return {"model": name, "data": str(path), **metrics(pred.labels, pred.probs)}
+
+
+def add_parser(sub):
+    ap = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix on NSynth data")
+    ap.add_argument("--model", default="both", choices=("waveform", "logmel", "both"))
+    ap.add_argument("--data", required=True, help="TFRecord file, glob of them, or JSON+wav folder")
+    ap.add_argument("--weights", default="weights", help="folder holding <model>_cnn.keras")
+    ap.add_argument("--out", default=None, help="JSON file (default: evaluation_<model>.json)")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.set_defaults(func=_main)
+
+
+def _main(args):
+    names = ("waveform", "logmel") if args.model == "both" else (args.model,)
+    results = {}
+    for name in names:
+        res = evaluate(name, args.data, args.weights, args.batch_size)
+        results[name] = res
+        print(f"{name}: evaluated {res['notes']} notes from {args.data}: accuracy {res['accuracy']:.4f} "
+              f"(balanced {res['balanced_accuracy']:.4f})")
+        print("  per class: " + ", ".join(f"{f} {'-' if a is None else f'{a:.2f}'}"
+                                          for f, a in res["per_class_accuracy"].items()))
+    out = args.out or f"evaluation_{args.model}.json"
+    with open(out, "w") as fh:
+        json.dump(results if len(results) > 1 else results[names[0]], fh, indent=1)
+    print(f"wrote {out}")
+    return 0

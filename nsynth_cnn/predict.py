@@ -1,0 +1,61 @@
+"""``python -m nsynth_cnn predict FILE... [--json]``: top-3 families for any audio file.
+
+Any common format (wav, flac, ogg, mp3), any sample rate, mono or stereo: the file is mixed to mono,
+resampled to 16 kHz, and the 4 s from the first onset (leading silence skipped) are classified,
+zero padded when shorter.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+
+from . import data
+from .evaluate import load_trained
+from .params import FAMILIES
+
+
+def classify(models: dict, audio: np.ndarray, top: int = 3) -> dict:
+    """``{model: [(family, prob), ...top]}`` plus full probability vectors, for one 64,000-sample note."""
+    out = {}
+    for name, model in models.items():
+        probs = np.asarray(model.predict_on_batch(audio[None, :].astype(np.float32)))[0]
+        order = np.argsort(probs)[::-1][:top]
+        out[name] = {"top": [{"family": FAMILIES[i], "probability": round(float(probs[i]), 4)} for i in order],
+                     "probabilities": {f: round(float(p), 4) for f, p in zip(FAMILIES, probs)}}
+    return out
+
+
+def add_parser(sub):
+    ap = sub.add_parser("predict", help="top-3 instrument families for audio files")
+    ap.add_argument("files", nargs="+", metavar="FILE")
+    ap.add_argument("--model", default="both", choices=("waveform", "logmel", "both"))
+    ap.add_argument("--weights", default="weights")
+    ap.add_argument("--top", type=int, default=3)
+    ap.add_argument("--json", action="store_true", help="machine-readable output")
+    ap.set_defaults(func=_main)
+
+
+def _main(args):
+    names = ("waveform", "logmel") if args.model == "both" else (args.model,)
+    models = {n: load_trained(n, args.weights) for n in names}
+    results, failed = [], 0
+    for path in args.files:
+        try:
+            audio = data.load_audio(path, reject_silent=True, onset_trim=True)
+        except data.DataError as err:
+            failed += 1
+            results.append({"file": path, "error": str(err)})
+            if not args.json:
+                print(f"error: {err}", file=sys.stderr)
+            continue
+        res = {"file": path, **classify(models, audio, args.top)}
+        results.append(res)
+        if not args.json:
+            print(path)
+            for n in names:
+                print(f"  {n:9s} " + "  ".join(f"{t['family']} {t['probability']:.2f}" for t in res[n]["top"]))
+    if args.json:
+        print(json.dumps(results if len(results) > 1 else results[0], indent=1))
+    return 2 if failed else 0

@@ -1,0 +1,125 @@
+"""Shared fixtures: tiny generated NSynth-format notes, the two models (built once), a CLI runner.
+
+Everything is generated in temporary folders; nothing here needs network access, GPUs or ``../shared``
+(tests that use ``../shared`` skip when it is absent). Heavy objects are session-scoped so that each model
+is built once and TensorFlow is imported once.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+SR = 16_000
+N = 64_000
+
+# NSynth family id -> (name, a source it has). Id 9 (synth_lead) is in the data on purpose: readers drop it.
+FAMILY_SOURCES = {0: "electronic", 1: "acoustic", 2: "acoustic", 3: "acoustic", 4: "acoustic", 5: "acoustic",
+                  6: "electronic", 7: "acoustic", 8: "acoustic", 9: "synthetic", 10: "synthetic"}
+
+
+def tone(freq_hz: float, seconds: float = 4.0, rate: int = SR, amp: float = 0.5) -> np.ndarray:
+    t = np.arange(int(round(seconds * rate))) / rate
+    return (amp * np.sin(2 * np.pi * freq_hz * t)).astype(np.float32)
+
+
+def synth_note(family_id: int, pitch: int, velocity: int) -> np.ndarray:
+    """A deterministic 4 s harmonic note whose timbre/envelope depends on the family (NSynth 3 s + release)."""
+    rng = np.random.default_rng(1000 * family_id + pitch)
+    t = np.arange(N) / SR
+    f0 = 440.0 * 2 ** ((pitch - 69) / 12)
+    harmonics = np.arange(1, 9)
+    weights = rng.uniform(0.05, 1.0, harmonics.size) / harmonics ** (0.5 + 0.15 * family_id)
+    x = sum(w * np.sin(2 * np.pi * f0 * h * t + rng.uniform(0, 6.28)) for h, w in zip(harmonics, weights)
+            if f0 * h < SR / 2)
+    env = np.exp(-t * (0.3 + 0.4 * (family_id % 4)))
+    env[3 * SR:] *= np.linspace(1.0, 0.0, N - 3 * SR) ** 2
+    x = x * env
+    return (x / np.max(np.abs(x)) * (0.2 + 0.6 * velocity / 127)).astype(np.float32)
+
+
+def make_notes(per_family: int = 2, families=range(11)) -> list[tuple[dict, np.ndarray]]:
+    """``(meta, audio)`` pairs with NSynth metadata; instrument ids unique per (family, index)."""
+    from nsynth_cnn import data
+    from nsynth_cnn.params import NSYNTH_FAMILY_NAMES
+    notes = []
+    for fam in families:
+        for k in range(per_family):
+            pitch, vel = 48 + 7 * k + fam, (25, 50, 75, 100, 127)[(fam + k) % 5]
+            q = [int(b) for b in np.random.default_rng(fam * 10 + k).integers(0, 2, 10)]
+            meta = data.note_metadata(family=NSYNTH_FAMILY_NAMES[fam], source=FAMILY_SOURCES[fam],
+                                      instrument=fam * 10 + k, pitch=pitch, velocity=vel, qualities=q)
+            meta["note"] = len(notes)
+            notes.append((meta, synth_note(fam, pitch, vel)))
+    return notes
+
+
+@pytest.fixture(scope="session")
+def notes():
+    """22 notes: 2 per NSynth family id 0..10, synth_lead (9) included."""
+    return make_notes()
+
+
+@pytest.fixture(scope="session")
+def tfrecord_file(tmp_path_factory, notes):
+    from nsynth_cnn import data
+    path = tmp_path_factory.mktemp("tfrecord") / "nsynth-tiny.tfrecord"
+    assert data.write_tfrecord(str(path), notes) == len(notes)
+    return path
+
+
+@pytest.fixture(scope="session")
+def jsonwav_dir(tmp_path_factory, notes):
+    from nsynth_cnn import data
+    folder = tmp_path_factory.mktemp("jsonwav") / "nsynth-tiny"
+    assert data.write_jsonwav(str(folder), notes) == len(notes)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def built_models():
+    """``{"waveform": model, "logmel": model}`` from ``models.build_model`` with default parameters."""
+    from nsynth_cnn import models
+    return {name: models.build_model(name) for name in models.MODEL_NAMES}
+
+
+@pytest.fixture(scope="session")
+def probe_audio():
+    """Four model inputs: two notes, a quiet noise burst, and digital silence."""
+    rng = np.random.default_rng(7)
+    x = np.stack([synth_note(3, 60, 100), synth_note(6, 45, 50),
+                  (0.01 * rng.standard_normal(N)).astype(np.float32), np.zeros(N, np.float32)])
+    return x.astype(np.float32)
+
+
+def subprocess_env(**extra) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    env.update(extra)
+    return env
+
+
+def run_cli(*args, cwd=ROOT, timeout=600, env=None) -> subprocess.CompletedProcess:
+    """``python -m nsynth_cnn ARGS`` in a subprocess (fresh interpreter, as a user would run it)."""
+    return subprocess.run([sys.executable, "-m", "nsynth_cnn", *map(str, args)], cwd=cwd,
+                          env=env or subprocess_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def shared_path(*parts) -> Path:
+    """A path inside ``../shared``; skips the calling test when it is absent."""
+    p = SHARED.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"{p} not found: ../shared is optional and absent in this checkout")
+    return p
