@@ -357,3 +357,32 @@ def _main(args):
         print(f"{split}: {st['notes']} notes from {st['instruments']} instruments; per family "
               + ", ".join(f"{f}={c}" for f, c in zip(FAMILIES, st["label_counts"])))
     return 0
+
+
+# ----------------------------------------------------------------------------------------------- embedded sample
+SAMPLE_SETS = ("FluidR3_GM", "FluidR3Mono_GM", "MuseScore_General")   # MIT-licensed, all in the test split
+
+
+def embedded_sample(corpus_dir: str, out_dir: str, per_family: int = 10, seed: int = 0) -> dict:
+    """Copy ``per_family`` test-split notes per family (distinct instruments first) from MIT-licensed
+    SoundFonts into ``out_dir`` (JSON+wav layout): the sample committed in data/."""
+    import pandas as pd
+    inst = pd.read_csv(os.path.join(corpus_dir, "instruments.csv"))
+    allowed = set(inst[(inst.split == "test") & inst.sample_set.isin(SAMPLE_SETS)].instrument_str)
+    src = os.path.join(corpus_dir, "test", "jsonwav")
+    meta = data.read_examples_json(src)
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for fam in FAMILIES:
+        notes = [m for m in meta.values() if m["instrument_family_str"] == fam and m["instrument_str"] in allowed]
+        notes = [notes[i] for i in rng.permutation(len(notes))]
+        picked, used = [], set()
+        for pass_ in range(2):                         # first one note per instrument, then fill up
+            for m in notes:
+                if len(picked) < per_family and m not in picked and (pass_ or m["instrument_str"] not in used):
+                    picked.append(m)
+                    used.add(m["instrument_str"])
+        chosen += picked
+    pairs = [(m, data.load_audio(os.path.join(src, "audio", f"{m['note_str']}.wav"))) for m in chosen]
+    data.write_jsonwav(out_dir, pairs)
+    return Counter(m["instrument_family_str"] for m in chosen)
