@@ -42,7 +42,6 @@ DEFAULT_WEIGHTS_DIR = "weights"
 DEFAULT_SAMPLE_DIR = os.path.join("data", "nsynth-sample")
 DEFAULT_MAX_UPLOAD_MB = 20
 UPLOAD_ACCEPT = "audio/*,.wav,.flac,.mp3,.ogg,.oga,.opus,.aif,.aiff"
-DRAIN_LIMIT_BYTES = 256 << 20   # read (and drop) an over-limit upload up to this size so the browser gets the page
 
 
 class UploadError(Exception):
@@ -113,11 +112,10 @@ def predict_probabilities(model, audio: np.ndarray) -> np.ndarray:
     return np.asarray(out, np.float64)[0]
 
 
-def log_mel_image(audio: np.ndarray, logmel_model=None) -> np.ndarray:
-    """(frames, mels) image the log-mel CNN sees: its own ``log_mel`` layer on the peak-normalised note.
-
-    Without a loaded log-mel model the layer is built from :class:`LogMelParams` (the defaults it is
-    trained with)."""
+def log_mel_image(audio: np.ndarray, logmel_model=None):
+    """``(image, layer)``: the (frames, mels) image the log-mel CNN sees, made by its own ``log_mel`` layer on
+    the peak-normalised note. Without a loaded log-mel model the layer is built from :class:`LogMelParams`
+    (the settings it is trained with)."""
     from . import features as F
     from .models import front_end
     layer = front_end(logmel_model, "log_mel") if logmel_model is not None else None
@@ -127,7 +125,13 @@ def log_mel_image(audio: np.ndarray, logmel_model=None) -> np.ndarray:
                                     p.stft_hop_samples, p.num_mel_bins, p.mel_min_hz, p.mel_max_hz, p.top_db,
                                     name="log_mel")
     x = F.PeakNormalize()(np.asarray(audio, np.float32)[None, :])
-    return np.asarray(layer(x))[0, :, :, 0]
+    return np.asarray(layer(x))[0, :, :, 0], layer
+
+
+def describe_log_mel(layer) -> str:
+    return (f"{layer.sample_rate / 1000:g} kHz audio, {layer.window_length}-sample Hann windows every "
+            f"{layer.hop_length} samples, {layer.num_mel_bins} mel bins from {layer.min_hz:g} Hz to "
+            f"{layer.max_hz / 1000:g} kHz, {layer.top_db:g} dB range below the note's peak")
 
 
 # ----------------------------------------------------------------------------------------------- plots
@@ -158,26 +162,25 @@ def _hz_to_mel(f):
     return 2595.0 * np.log10(1.0 + np.asarray(f, np.float64) / 700.0)   # HTK, as keras.layers.MelSpectrogram
 
 
-def logmel_png(img: np.ndarray) -> str:
+def logmel_png(img: np.ndarray, layer) -> str:
     """Plot a (frames, mels) log-mel image: time across, mel bins up, Hz ticks, colour bar in dB re. peak."""
     from matplotlib.figure import Figure
-    p = LogMelParams()
     frames, mels = img.shape
-    hop_s = p.stft_hop_samples / AUDIO.sample_rate_hz
+    hop_s = layer.hop_length / layer.sample_rate
     fig = Figure(figsize=(9.0, 3.0), layout="constrained")
     ax = fig.add_subplot()
     im = ax.imshow(img.T, origin="lower", aspect="auto", cmap="magma", vmin=-1.0, vmax=1.0,
                    extent=(-hop_s / 2, (frames - 0.5) * hop_s, -0.5, mels - 0.5), interpolation="nearest")
     # mel bin i is centred on the (i+1)-th of mels+2 points evenly spaced in mel between min_hz and max_hz
-    lo, hi = _hz_to_mel(p.mel_min_hz), _hz_to_mel(p.mel_max_hz)
-    ticks_hz = [f for f in (50, 100, 250, 500, 1000, 2000, 4000, 8000) if p.mel_min_hz <= f <= p.mel_max_hz]
+    lo, hi = _hz_to_mel(layer.min_hz), _hz_to_mel(layer.max_hz)
+    ticks_hz = [f for f in (100, 500, 1000, 2000, 4000) if layer.min_hz <= f <= layer.max_hz]
     pos = [(_hz_to_mel(f) - lo) / (hi - lo) * (mels + 1) - 1 for f in ticks_hz]
     ax.set_yticks(pos, [f"{f // 1000}k" if f >= 1000 else str(f) for f in ticks_hz])
     ax.set_ylim(-0.5, mels - 0.5)
     ax.set_xlabel("time (s)")
     ax.set_ylabel(f"frequency (Hz, {mels} mel bins)")
     cb = fig.colorbar(im, ax=ax, pad=0.01)
-    cb.set_ticks([-1.0, -0.5, 0.0, 0.5, 1.0], labels=[f"{(v - 1) * p.top_db / 2:.0f}" for v in
+    cb.set_ticks([-1.0, -0.5, 0.0, 0.5, 1.0], labels=[f"{(v - 1) * layer.top_db / 2:.0f}" for v in
                                                       (-1.0, -0.5, 0.0, 0.5, 1.0)])
     cb.set_label("dB re. note peak")
     return _png(fig)
@@ -193,7 +196,7 @@ def wav_data_uri(audio: np.ndarray) -> str:
 # ----------------------------------------------------------------------------------------------- sample notes
 def sample_notes(sample_dir: str) -> tuple[list[dict], str | None]:
     """Notes of an NSynth JSON+wav folder as ``[{note, family}]`` (synth_lead left out), or a problem message."""
-    if not os.path.isfile(os.path.join(sample_dir, "examples.json")):
+    if not any(os.path.isfile(os.path.join(sample_dir, f)) for f in ("examples.json", "notes.csv")):
         return [], (f"The sample notes are not available: {os.path.join(sample_dir, 'examples.json')} does "
                     f"not exist. Put an NSynth JSON+wav folder (examples.json + audio/*.wav) there, or start "
                     f"the page with --sample FOLDER. Uploads work without it.")
@@ -266,8 +269,9 @@ def create_app(weights_dir: str = DEFAULT_WEIGHTS_DIR, sample_dir: str = DEFAULT
                                "top": i == top, "true": fam == true_family}
                               for i, (fam, p) in enumerate(zip(FAMILIES, probs))])
                 charts.append(chart)
-            img = log_mel_image(audio, models["logmel"])
-        return {"charts": charts, "waveform_png": waveform_png(audio), "logmel_png": logmel_png(img),
+            img, layer = log_mel_image(audio, models["logmel"])
+        return {"charts": charts, "waveform_png": waveform_png(audio), "logmel_png": logmel_png(img, layer),
+                "logmel_settings": describe_log_mel(layer),
                 "logmel_from_model": models["logmel"] is not None, "audio_uri": wav_data_uri(audio),
                 "true_family": true_family, "seconds": f"{time.perf_counter() - t0:.2f}"}
 
@@ -311,7 +315,7 @@ def create_app(weights_dir: str = DEFAULT_WEIGHTS_DIR, sample_dir: str = DEFAULT
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(_err):
-        _drain_request_body(request)
+        # (werkzeug's server reads and drops the rest of the body, so the browser gets this page, not a reset)
         return page(413, error=f"The file is too big: uploads are limited to {limit_text()}. Cut out the note "
                                "you want classified (only 4 s are used) or convert it to a compressed format "
                                "(flac, ogg, mp3).")
@@ -367,23 +371,6 @@ def _audio_info(path: str, size: int) -> dict:
     except Exception:  # noqa: BLE001 - details are optional (librosa fallback formats)
         pass
     return info
-
-
-def _drain_request_body(request) -> None:
-    """Read and drop an over-limit body (up to DRAIN_LIMIT_BYTES) so the client is not cut off mid-upload
-    and sees the 413 page instead of a connection reset."""
-    remaining = min(request.content_length or 0, DRAIN_LIMIT_BYTES)
-    stream = request.environ.get("wsgi.input")
-    if stream is None:
-        return
-    try:
-        while remaining > 0:
-            chunk = stream.read(min(remaining, 1 << 20))
-            if not chunk:
-                break
-            remaining -= len(chunk)
-    except Exception:  # noqa: BLE001 - best effort only
-        pass
 
 
 # ----------------------------------------------------------------------------------------------- CLI
