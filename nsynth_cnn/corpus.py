@@ -56,7 +56,10 @@ _GM_RANGES = [
 ]
 GM_FAMILY = {prog: (fam, src) for r, fam, src in _GM_RANGES for prog in r}
 
-# Sensible MIDI pitch range per family (NSynth's own notes cover 21-108 where the instrument sounds).
+# Natural MIDI pitch range per family. Notes are drawn from this range widened to at least
+# SHARED_PITCH_RANGE, so that pitch alone does not give the family away (NSynth's notes cover 21-108
+# wherever an instrument sounds; its test notes cluster around middle C for every family).
+SHARED_PITCH_RANGE = (36, 84)
 FAMILY_PITCH_RANGE = {
     "bass": (28, 67), "brass": (40, 84), "flute": (55, 96), "guitar": (40, 84), "keyboard": (21, 108),
     "mallet": (48, 100), "organ": (24, 96), "reed": (36, 86), "string": (28, 96), "vocal": (43, 84),
@@ -93,6 +96,13 @@ class CorpusParams:
     shards: int = 16                   # train TFRecord shards (read interleaved)
     seed: int = 0
     min_peak: float = 1e-3             # renders quieter than this (-60 dBFS) count as silent and are redrawn
+    render_rate_hz: int = 48_000       # synthesise at 48 kHz, then resample (soxr) to 16 kHz: TinySoundFont's
+                                       # linear interpolation would otherwise alias high notes into the band
+    peak: float = 0.9                  # every note is peak-normalised, as NSynth's notes are
+    reverb_probability: float = 0.5    # share of notes given a random synthetic room (render-time augmentation)
+    reverb_rt60_seconds: tuple[float, float] = (0.2, 1.2)
+    reverb_wet: tuple[float, float] = (0.05, 0.5)
+    recordings_per_instrument: int = 48  # real recordings are scarce: keep up to this many per folder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,20 +179,35 @@ def release_fade(audio: np.ndarray) -> np.ndarray:
     return out * fade
 
 
-def _finish(audio: np.ndarray) -> np.ndarray:
+def room_reverb(audio: np.ndarray, rng: np.random.Generator, p: "CorpusParams") -> np.ndarray:
+    """Convolve with a synthetic room: exponentially decaying noise (random RT60 and wet/dry mix)."""
+    from scipy.signal import fftconvolve
+    rt60 = rng.uniform(*p.reverb_rt60_seconds)
+    n = int(rt60 * AUDIO.sample_rate_hz)
+    t = np.arange(n) / AUDIO.sample_rate_hz
+    ir = rng.standard_normal(n) * np.exp(-6.9 * t / rt60)
+    ir *= rng.uniform(*p.reverb_wet) / (np.sqrt(np.sum(ir ** 2)) + 1e-9)
+    ir[0] += 1.0
+    return fftconvolve(audio, ir)[:len(audio)].astype(np.float32)
+
+
+def _finish(audio: np.ndarray, rng: np.random.Generator, p: "CorpusParams") -> np.ndarray:
+    """Optional room, then peak-normalise to ``p.peak`` (NSynth's notes are normalised)."""
+    if rng.uniform() < p.reverb_probability:
+        audio = room_reverb(audio, rng, p)
     peak = float(np.max(np.abs(audio)))
-    return (audio * (0.99 / peak) if peak > 0.99 else audio).astype(np.float32)
+    return (audio * (p.peak / peak)).astype(np.float32) if peak > 0 else audio.astype(np.float32)
 
 
 _LOADED: dict = {}
 
 
-def _load_soundfont(path: str):
+def _load_soundfont(path: str, rate: int):
     """One synth per worker process, keeping the last SoundFont loaded (big GM banks load once)."""
     import tinysoundfont
     if path not in _LOADED:
         _LOADED.clear()
-        synth = tinysoundfont.Synth(samplerate=AUDIO.sample_rate_hz, gain=-6.0)
+        synth = tinysoundfont.Synth(samplerate=rate, gain=-6.0)
         _LOADED[path] = (synth, synth.sfload(path))
     return _LOADED[path]
 
@@ -190,7 +215,7 @@ def _load_soundfont(path: str):
 def render_soundfont(inst: Instrument, p: CorpusParams) -> list[tuple[int, int, np.ndarray]]:
     """``(pitch, velocity, audio)`` for ``p.notes_per_instrument`` random notes of a SoundFont program."""
     try:
-        synth, sfid = _load_soundfont(inst.path)
+        synth, sfid = _load_soundfont(inst.path, p.render_rate_hz)
         try:
             synth.program_select(0, sfid, 0, inst.program)
         except Exception:
@@ -199,7 +224,11 @@ def render_soundfont(inst: Instrument, p: CorpusParams) -> list[tuple[int, int, 
         return []                                  # unreadable file or missing preset: no notes
     rng = _rng(inst, p.seed)
     lo, hi = FAMILY_PITCH_RANGE[inst.family]
-    held = int(AUDIO.held_seconds * AUDIO.sample_rate_hz)
+    lo, hi = min(lo, SHARED_PITCH_RANGE[0]), max(hi, SHARED_PITCH_RANGE[1])
+    import soxr
+    rate = p.render_rate_hz
+    held = int(AUDIO.held_seconds * rate)
+    total = int(AUDIO.note_seconds * rate)
     notes, tries = [], 0
     pitches = rng.permutation(np.arange(lo, hi + 1))
     while len(notes) < p.notes_per_instrument and tries < len(pitches):
@@ -207,15 +236,17 @@ def render_soundfont(inst: Instrument, p: CorpusParams) -> list[tuple[int, int, 
         tries += 1
         synth.notes_off()
         synth.sounds_off()
-        synth.generate(AUDIO.sample_rate_hz // 4)       # flush any tail
+        synth.generate(rate // 4)                       # flush any tail
         synth.noteon(0, pitch, vel)
         on = np.frombuffer(synth.generate(held), np.float32).reshape(-1, 2)
         synth.noteoff(0, pitch)
-        off = np.frombuffer(synth.generate(AUDIO.num_samples - held), np.float32).reshape(-1, 2)
+        off = np.frombuffer(synth.generate(total - held), np.float32).reshape(-1, 2)
         audio = np.concatenate([on, off]).mean(axis=1)
+        if rate != AUDIO.sample_rate_hz:
+            audio = data.fit_length(soxr.resample(audio, rate, AUDIO.sample_rate_hz, quality="HQ"))
         if np.max(np.abs(audio)) < p.min_peak or not np.all(np.isfinite(audio)):
             continue
-        notes.append((pitch, vel, _finish(audio)))
+        notes.append((pitch, vel, _finish(audio, rng, p)))
     return notes
 
 
@@ -231,7 +262,7 @@ def note_to_midi(name: str) -> int | None:
 
 
 def render_recordings(inst: Instrument, p: CorpusParams) -> list[tuple[int, int, np.ndarray]]:
-    """Up to ``notes_per_instrument`` recordings of one folder, onset-aligned, 3 s + 1 s release fade."""
+    """Up to ``recordings_per_instrument`` recordings of one folder, onset-aligned, 3 s + 1 s release fade."""
     files = sorted(glob.glob(os.path.join(inst.path, "*.mp3")) + glob.glob(os.path.join(inst.path, "*.wav")))
     rng = _rng(inst, p.seed)
     notes = []
@@ -245,8 +276,8 @@ def render_recordings(inst: Instrument, p: CorpusParams) -> list[tuple[int, int,
             audio = data.load_audio(f, context="recording", reject_silent=True, onset_trim=True)
         except data.DataError:
             continue
-        notes.append((pitch, vel, _finish(release_fade(audio))))
-        if len(notes) >= 4 * p.notes_per_instrument:   # real recordings are scarce: keep more per folder
+        notes.append((pitch, vel, _finish(release_fade(audio), rng, p)))
+        if len(notes) >= p.recordings_per_instrument:
             break
     return notes
 

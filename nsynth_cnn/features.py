@@ -116,6 +116,33 @@ class LogMelSpectrogram(keras.layers.Layer):
                 "top_db": self.top_db}
 
 
+@_register
+class LogBandEnergy(keras.layers.Layer):
+    """(batch, frames, bands) -> (batch, frames // pool, bands): log of the mean magnitude over `pool` frames.
+
+    After a learned linear filterbank (Conv1D), this gives log band energies: the waveform network's own
+    counterpart of a log-mel front end (magnitude, temporal smoothing, log compression).
+    """
+
+    def __init__(self, pool: int = 4, floor: float = 1e-4, **kwargs):
+        super().__init__(**kwargs)
+        self.pool, self.floor = int(pool), float(floor)
+
+    def call(self, x):
+        mag = ops.abs(ops.cast(x, "float32"))
+        frames = (ops.shape(mag)[1] // self.pool) * self.pool
+        mag = mag[:, :frames, :]
+        mag = ops.reshape(mag, (ops.shape(mag)[0], -1, self.pool, ops.shape(mag)[2]))
+        return ops.cast(ops.log(ops.mean(mag, axis=2) + self.floor), self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        n = input_shape[1]
+        return (input_shape[0], None if n is None else n // self.pool, input_shape[2])
+
+    def get_config(self):
+        return {**super().get_config(), "pool": self.pool, "floor": self.floor}
+
+
 # ----------------------------------------------------------------------------------------------- augmentation
 class _RandomLayer(keras.layers.Layer):
     """Base for training-only random layers: identity unless ``training`` is true."""
@@ -235,3 +262,25 @@ class SpecMask(_RandomLayer):
     def get_config(self):
         return {**super().get_config(), "max_freq_bins": self.max_freq_bins,
                 "max_time_frames": self.max_time_frames}
+
+
+@_register
+class RandomFreqShift(_RandomLayer):
+    """(batch, frames, mels, 1): shifts each log-mel image by a random whole number of mel bins in
+    [-max_bins, max_bins] (vacated bins set to -1, the floor). Roughly a pitch/formant shift of a few
+    semitones: the family should not hinge on exact spectral positions."""
+
+    def __init__(self, max_bins: int = 3, **kwargs):
+        super().__init__(**kwargs)
+        self.max_bins = int(max_bins)
+
+    def augment(self, x):
+        b, m = ops.shape(x)[0], ops.shape(x)[2]
+        shift = keras.random.randint((b, 1), -self.max_bins, self.max_bins + 1, seed=self.seed_generator)
+        idx = ops.expand_dims(ops.arange(m), 0) - shift                      # (b, m)
+        valid = ops.logical_and(idx >= 0, idx < m)
+        gathered = ops.take_along_axis(x, ops.reshape(ops.clip(idx, 0, m - 1), (b, 1, m, 1)), axis=2)
+        return ops.where(ops.reshape(valid, (b, 1, m, 1)), gathered, -ops.ones_like(x))
+
+    def get_config(self):
+        return {**super().get_config(), "max_bins": self.max_bins}

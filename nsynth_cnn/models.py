@@ -15,15 +15,18 @@ from .params import AUDIO, NUM_CLASSES, AugmentParams, LogMelParams, TrainParams
 
 MODEL_NAMES = ("waveform", "logmel")
 
-# (kind, kernel, stride, filters, pool): "conv" = Conv -> BatchNorm -> ReLU, then max-pool by `pool`.
-# Waveform CNN on the 8 kHz signal (32,000 samples); receptive field and output length per row in comments.
+# (kind, kernel, stride, filters, pool)
+#   "filterbank": linear Conv1D (a learned filterbank) -> |.| -> average-pool by `pool` -> log -> BatchNorm:
+#                 learned log band energies, the waveform counterpart of a log-mel front end;
+#   "conv":       Conv -> BatchNorm -> ReLU, then max-pool by `pool`.
+# Waveform CNN on the 8 kHz signal (32,000 samples); output frames per row in comments.
 WAVEFORM_LAYERS = (
-    ("conv", 64, 4, 32, 4),    # 32000 -> 8000 -> 2000 frames: learned filterbank, 8 ms kernels
-    ("conv", 9, 1, 64, 4),     # 500
-    ("conv", 9, 1, 96, 4),     # 125
-    ("conv", 5, 1, 128, 2),    # 62
-    ("conv", 3, 1, 192, 2),    # 31
-    ("conv", 3, 1, 256, 1),    # 31, then global pooling
+    ("filterbank", 64, 8, 64, 4),   # 8 ms kernels, 1 ms hop -> 4000 -> 1000 frames (4 ms) of 64 bands
+    ("conv", 3, 1, 96, 2),          # 500
+    ("conv", 3, 1, 128, 2),         # 250
+    ("conv", 3, 1, 192, 2),         # 125
+    ("conv", 3, 1, 256, 2),         # 62
+    ("conv", 3, 1, 256, 1),         # 62, then global pooling
 )
 
 # Log-mel CNN on the (frames, mel bins, 1) image; kernels and pools are (time, frequency).
@@ -48,11 +51,17 @@ def _conv_block(dims: int, kernel, stride, filters, pool, name):
     return block
 
 
+def _filterbank_block(kernel, stride, filters, pool, name):
+    return [layers.Conv1D(filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_conv"),
+            F.LogBandEnergy(pool, name=f"{name}_log_energy"),
+            layers.BatchNormalization(name=f"{name}_bn")]
+
+
 def _walk(table, dims):
+    builders = {"conv": lambda *a: _conv_block(dims, *a), "filterbank": _filterbank_block}
     out = []
     for i, (kind, kernel, stride, filters, pool) in enumerate(table):
-        assert kind == "conv", kind
-        out += _conv_block(dims, kernel, stride, filters, pool, f"block{i + 1}")
+        out += builders[kind](kernel, stride, filters, pool, f"block{i + 1}")
     return out
 
 
@@ -96,7 +105,8 @@ def build_logmel_cnn(p: LogMelParams = LogMelParams(), aug: AugmentParams | None
                                   p.stft_hop_samples, p.num_mel_bins, p.mel_min_hz, p.mel_max_hz, p.top_db,
                                   name="log_mel")]
     if aug is not None:
-        stack += [F.RandomMelEQ(aug.eq_max_tilt_db, aug.eq_max_bumps_db, p.top_db, seed=train.seed + 3,
+        stack += [F.RandomFreqShift(aug.freq_shift_max_bins, seed=train.seed + 5, name="aug_freq_shift"),
+                  F.RandomMelEQ(aug.eq_max_tilt_db, aug.eq_max_bumps_db, p.top_db, seed=train.seed + 3,
                                 name="aug_mel_eq"),
                   F.SpecMask(aug.spec_freq_mask_bins, aug.spec_time_mask_frames, seed=train.seed + 4,
                              name="aug_spec_mask")]

@@ -95,6 +95,7 @@ class AugmentParams:
     max_time_shift_seconds: float = 0.1   # random circular-free delay (zero padded) of the onset
     eq_max_tilt_db: float = 12.0          # random spectral tilt across the band, +- this
     eq_max_bumps_db: float = 6.0          # random smooth EQ curve amplitude
+    freq_shift_max_bins: int = 3          # random shift of the log-mel image, +- mel bins
     spec_freq_mask_bins: int = 8         # SpecAugment-style masks on the log-mel image
     spec_time_mask_frames: int = 12
     mixup_alpha: float = 0.0              # 0 disables mixup (done in tf.data when > 0)
