@@ -1,0 +1,67 @@
+# NSynth instrument-family CNNs. `make help` lists the targets; variables can be set on the command line,
+# e.g. `make train DATA=/path/to/corpus EPOCHS=5`.
+PYTHON ?= python
+# Debian packages the tests need (SoundFont for the corpus test, Chromium for the web-page test); .ci/run
+# installs the same list. The full corpus also renders fluid-soundfont-gm, musescore-general-soundfont,
+# fluidr3mono-gm-soundfont, opl3-soundfont and csound-soundfont: `make setup APT_EXTRA="..."`.
+APT_PACKAGES = make timgm6mb-soundfont chromium
+APT_EXTRA ?=
+# Training data: a folder with train/ and valid/ NSynth splits (TFRecords or JSON+wav), e.g. the output of
+# `python -m nsynth_cnn corpus --out corpus`.
+DATA ?= corpus
+TRAIN_DATA ?= $(DATA)/train
+VALID_DATA ?= $(DATA)/valid
+EVAL_DATA ?= data/nsynth-sample
+WEIGHTS ?= weights
+EPOCHS ?= 30
+MODEL ?= both
+
+.PHONY: help setup test train evaluate
+help:  ## list the targets
+	@grep -E '^[a-z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
+
+setup:  ## install system packages (needs root) and the pinned Python dependencies
+	apt-get update
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(APT_PACKAGES) $(APT_EXTRA)
+	$(PYTHON) -m pip install -r requirements.txt
+	$(PYTHON) -m pip install --no-deps tinysoundfont==0.3.7
+
+test:  ## the test suite (the command README.md and .ci/run use)
+	$(PYTHON) -m pytest -q
+
+train:  ## train both networks on $(TRAIN_DATA), early stopping on $(VALID_DATA); writes $(WEIGHTS)/*_cnn.keras
+	$(PYTHON) -m nsynth_cnn train --model waveform --train $(TRAIN_DATA) --valid $(VALID_DATA) --out $(WEIGHTS) --epochs $(EPOCHS)
+	$(PYTHON) -m nsynth_cnn train --model logmel --train $(TRAIN_DATA) --valid $(VALID_DATA) --out $(WEIGHTS) --epochs $(EPOCHS)
+
+evaluate:  ## accuracy + confusion matrix of $(WEIGHTS) on $(EVAL_DATA); JSON in runs/
+	mkdir -p runs
+	$(PYTHON) -m nsynth_cnn evaluate --model $(MODEL) --data $(EVAL_DATA) --weights $(WEIGHTS) --out runs/evaluation_$(MODEL).json
+
+# ---- web page (nsynth_cnn/serve.py): upload a recording or pick a sample note, see both networks' answers
+PYTHON ?= python
+SERVE_HOST ?= 127.0.0.1
+SERVE_PORT ?= 8000
+.PHONY: serve
+serve:  ## local web page on http://$(SERVE_HOST):$(SERVE_PORT)/ using weights/*.keras and data/nsynth-sample
+	$(PYTHON) -m nsynth_cnn serve --host $(SERVE_HOST) --port $(SERVE_PORT) --weights weights --sample data/nsynth-sample
+
+# ---- corpus and shipped weights (issue: NSynth-format corpus from real instrument samples)
+CORPUS ?= corpus
+SOUNDFONT_PACKAGES = fluid-soundfont-gm musescore-general-soundfont timgm6mb-soundfont csound-soundfont \
+	fluidr3mono-gm-soundfont opl3-soundfont
+.PHONY: soundfonts corpus sample weights
+soundfonts:  ## install the six Debian SoundFont packages the corpus renders (needs root)
+	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(SOUNDFONT_PACKAGES)
+
+corpus:  ## render the NSynth-format corpus into $(CORPUS)/ (Debian SoundFonts + ../shared banks and recordings)
+	$(PYTHON) -m nsynth_cnn corpus --out $(CORPUS) --notes-per-instrument 12 --seed 0
+
+sample:  ## rebuild data/nsynth-sample (10 notes per family from the corpus test split, MIT SoundFonts only)
+	rm -rf data/nsynth-sample
+	$(PYTHON) -c "from nsynth_cnn import corpus; print(corpus.embedded_sample('$(CORPUS)', 'data/nsynth-sample'))"
+
+weights:  ## the shipped weights: both networks on $(CORPUS) (12 epochs, seed 1234), then real-NSynth check
+	$(PYTHON) -m nsynth_cnn train --model logmel --train $(CORPUS)/train --valid $(CORPUS)/valid --out weights --epochs 12
+	$(PYTHON) -m nsynth_cnn train --model waveform --train $(CORPUS)/train --valid $(CORPUS)/valid --out weights --epochs 12
+	$(PYTHON) -m nsynth_cnn evaluate --data $(CORPUS)/test --weights weights --out weights/evaluation_corpus_test.json
+	if [ -d ../shared/nsynth-real ]; then $(PYTHON) -m nsynth_cnn evaluate --data ../shared/nsynth-real --weights weights --out weights/evaluation_real_nsynth.json; fi
