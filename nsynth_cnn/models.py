@@ -76,7 +76,9 @@ def _head(dims: int, dropout: float):
 
 
 def _waveform_augment(aug: AugmentParams, seed: int):
-    return [F.RandomTimeShift(int(aug.max_time_shift_seconds * AUDIO.sample_rate_hz), seed=seed,
+    return [F.RandomRelease(int(AUDIO.held_seconds * AUDIO.sample_rate_hz), AUDIO.sample_rate_hz,
+                            *aug.release_tau_seconds, aug.release_probability, seed=seed + 6, name="aug_release"),
+            F.RandomTimeShift(int(aug.max_time_shift_seconds * AUDIO.sample_rate_hz), seed=seed,
                               name="aug_time_shift"),
             F.RandomTilt(seed=seed + 1, name="aug_tilt"),
             F.RandomNoise(aug.noise_snr_db_min, aug.noise_snr_db_max, aug.noise_probability, seed=seed + 2,

@@ -92,6 +92,8 @@ class AugmentParams:
     noise_snr_db_min: float = 25.0        # additive white noise at a random SNR in [min, max]
     noise_snr_db_max: float = 60.0
     noise_probability: float = 0.5
+    release_probability: float = 0.8      # re-shape the release after note-off (3 s) ...
+    release_tau_seconds: tuple[float, float] = (0.01, 0.5)   # ... with exp decay, tau log-uniform in this range
     max_time_shift_seconds: float = 0.1   # random circular-free delay (zero padded) of the onset
     eq_max_tilt_db: float = 12.0          # random spectral tilt across the band, +- this
     eq_max_bumps_db: float = 6.0          # random smooth EQ curve amplitude
