@@ -65,3 +65,26 @@ weights:  ## the shipped weights: both networks on $(CORPUS) (12 epochs, seed 12
 	$(PYTHON) -m nsynth_cnn train --model waveform --train $(CORPUS)/train --valid $(CORPUS)/valid --out weights --epochs 12
 	$(PYTHON) -m nsynth_cnn evaluate --data $(CORPUS)/test --weights weights --out weights/evaluation_corpus_test.json
 	if [ -d ../shared/nsynth-real ]; then $(PYTHON) -m nsynth_cnn evaluate --data ../shared/nsynth-real --weights weights --out weights/evaluation_real_nsynth.json; fi
+
+# ---- report: project1.ipynb (run in place), its HTML/PDF export, and the deliverable project1.zip
+.PHONY: notebook report zip
+notebook:  ## run project1.ipynb top to bottom in place (MODE="evaluate" on data/); writes figures/*.png
+	$(PYTHON) -m jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=1800 project1.ipynb
+
+report:  ## export the executed notebook to report/project1.html, and report/project1.pdf (offline, via Chromium)
+	$(PYTHON) -m jupyter nbconvert --to html --output-dir report project1.ipynb
+	@if command -v chromium >/dev/null 2>&1; then \
+	  chromium --headless --no-sandbox --disable-gpu --no-pdf-header-footer --virtual-time-budget=10000 \
+	    --print-to-pdf=report/project1.pdf report/project1.html 2>/dev/null && echo "wrote report/project1.pdf"; \
+	else echo "chromium not found: PDF skipped (the HTML is complete)"; fi
+
+zip:  ## project1.zip: executed notebook, weights/, nsynth_cnn/, requirements.txt, README.md, data sample, figures
+	$(PYTHON) -c "from nsynth_cnn.report import package_zip; print(len(package_zip('project1.zip')), 'files in project1.zip')"
+
+# ---- speed and memory (nsynth_cnn/bench.py): side-by-side ratios on generated notes; docs/performance.md
+BENCH_NOTES ?= 2048
+BENCH_ARGS ?=
+.PHONY: bench
+bench:  ## speed + memory benchmark on $(BENCH_NOTES) generated notes (BENCH_ARGS="--only scale" etc.); JSON in runs/
+	mkdir -p runs
+	$(PYTHON) -m nsynth_cnn bench --notes $(BENCH_NOTES) --json runs/bench.json $(BENCH_ARGS)

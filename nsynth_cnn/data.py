@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -107,8 +108,16 @@ def tfrecord_dataset(files: list[str], *, parallel_reads: int | None = None):
     ds = files_ds.interleave(
         lambda f: tf.data.TFRecordDataset(f, compression_type=_compression(f), buffer_size=8 << 20),
         cycle_length=parallel_reads or min(len(files), 8), num_parallel_calls=auto, deterministic=True)
-    ds = ds.map(parse_serialized, num_parallel_calls=auto)
+    ds = ds.map(record_parser(files), num_parallel_calls=auto)
     return ds.filter(lambda e: e["label"] >= 0)
+
+
+def record_parser(files: list[str]):
+    """The parse function for ``files``: :func:`parse_serialized` for NSynth-schema TFRecords, or
+    ``prepare.parse_prepared`` for int16 shards written by ``python -m nsynth_cnn prepare`` (recognised by
+    the ``prepared.json`` marker beside them). Both give the same element dict."""
+    from . import prepare
+    return prepare.parse_prepared if prepare.is_prepared(files) else parse_serialized
 
 
 def _compression(filename) -> str:
@@ -223,6 +232,12 @@ def iterate(ds, source) -> Iterator[Any]:
             return
         except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as err:
             raise translate_tf_error(err, source) from None
+        except tf.errors.UnknownError as err:
+            # A DataError raised inside a Python generator (JSON+wav reader) reaches us wrapped by tf.data.
+            wrapped = re.search(r"DataError: (.+)", str(err))
+            if wrapped is None:
+                raise
+            raise DataError(wrapped.group(1).strip()) from None
 
 
 def load_arrays(path, limit: int | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -256,7 +271,7 @@ def training_dataset(path, *, batch_size: int, shuffle_buffer: int, seed: int,
         ds = files_ds.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type=_compression(f)),
                                  cycle_length=min(len(files), 16), block_length=1,
                                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
-        ds = ds.map(parse_serialized, num_parallel_calls=tf.data.AUTOTUNE).filter(lambda e: e["label"] >= 0)
+        ds = ds.map(record_parser(files), num_parallel_calls=tf.data.AUTOTUNE).filter(lambda e: e["label"] >= 0)
     else:
         ds = nsynth_dataset(path)
     weights = None if class_weights is None else tf.constant(class_weights, tf.float32)
@@ -267,6 +282,10 @@ def training_dataset(path, *, batch_size: int, shuffle_buffer: int, seed: int,
         return e["audio"], e["label"], tf.gather(weights, e["label"])
 
     ds = ds.map(to_xy, num_parallel_calls=tf.data.AUTOTUNE)
+    if cache and not _fits_in_ram(kind, files):
+        warnings.warn(f"{path}: its audio as float32 would fill more than half the RAM; not caching it "
+                      "(each epoch reads it again; prepared shards keep that fast).", stacklevel=2)
+        cache = False
     if cache:
         ds = ds.cache()
     if shuffle_buffer:
@@ -274,6 +293,20 @@ def training_dataset(path, *, batch_size: int, shuffle_buffer: int, seed: int,
     if repeat:
         ds = ds.repeat()
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _fits_in_ram(kind: str, files: list[str], fraction: float = 0.5) -> bool:
+    """Whether the source's audio as float32 (what ``Dataset.cache()`` keeps) fits in ``fraction`` of RAM."""
+    from .prepare import is_prepared
+    if kind == "jsonwav":
+        size = 2 * sum(os.path.getsize(f) for f in glob.glob(os.path.join(files[0], "audio", "*.wav")))
+    else:
+        size = sum(os.path.getsize(f) for f in files) * (2 if is_prepared(files) else 1)
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return True
+    return size < fraction * ram
 
 
 def label_counts(path) -> np.ndarray:
@@ -322,7 +355,7 @@ def serialize_note(meta: Mapping[str, Any], audio: np.ndarray) -> bytes:
     q = np.asarray(meta.get("qualities", [0] * len(NSYNTH_QUALITY_NAMES)), np.int64)
     feats = {k: _ints(meta[k]) for k in INT_FEATURES}
     feats.update({k: _bytes(meta[k]) for k in STR_FEATURES})
-    feats["audio"] = tf.train.Feature(float_list=tf.train.FloatList(value=audio))
+    feats["audio"] = tf.train.Feature(float_list=tf.train.FloatList(value=audio.tolist()))  # list: 4x faster
     feats["qualities"] = _ints(q)
     names = [n for n, on in zip(NSYNTH_QUALITY_NAMES, q) if on]
     feats["qualities_str"] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[n.encode() for n in names]))

@@ -111,7 +111,7 @@ def subprocess_env(**extra) -> dict:
     return env
 
 
-def run_cli(*args, cwd=ROOT, timeout=600, env=None) -> subprocess.CompletedProcess:
+def run_cli(*args, cwd=ROOT, timeout=1800, env=None) -> subprocess.CompletedProcess:
     """``python -m nsynth_cnn ARGS`` in a subprocess (fresh interpreter, as a user would run it)."""
     return subprocess.run([sys.executable, "-m", "nsynth_cnn", *map(str, args)], cwd=cwd,
                           env=env or subprocess_env(), capture_output=True, text=True, timeout=timeout)
@@ -123,3 +123,9 @@ def shared_path(*parts) -> Path:
     if not p.exists():
         pytest.skip(f"{p} not found: ../shared is optional and absent in this checkout")
     return p
+
+
+def pytest_configure(config):
+    # Keras 3.15 + NumPy 2.4 emit this on every tensor -> numpy conversion; it says nothing about our code.
+    config.addinivalue_line("filterwarnings",
+                            "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")

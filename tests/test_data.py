@@ -1,13 +1,15 @@
 """Data layer: NSynth schema round trip, label mapping, JSON+wav == TFRecord, and every bad input's DataError."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import N, SR, shared_path, tone
+from conftest import N, ROOT, SR, shared_path, tone
 from nsynth_cnn import data
 from nsynth_cnn.params import FAMILIES, NSYNTH_FAMILY_NAMES, NUM_CLASSES, label_to_nsynth_family, \
     nsynth_family_to_label
@@ -331,3 +333,48 @@ def test_onset_trim_skips_leading_silence(tmp_path):
     first = int(np.argmax(np.abs(out) > 0.01))
     assert first <= SR // 100 + 5          # the note starts within ~10 ms of the output's start
     assert np.max(np.abs(out[:SR // 2])) > 0.4
+
+
+def test_notes_csv_folder_reads_like_examples_json(tmp_path, jsonwav_dir, notes):
+    """A folder of wavs + notes.csv (note_str, family, source, pitch, velocity) is a data source too."""
+    sub = kept(notes)[::3]
+    shutil.copytree(jsonwav_dir / "audio", tmp_path / "audio")
+    rows = ["note_str,instrument_family_str,instrument_source_str,pitch,velocity"]
+    rows += [f"{m['note_str']},{m['instrument_family_str']},{m['instrument_source_str']},{m['pitch']},"
+             f"{m['velocity']}" for m, _ in sub]
+    (tmp_path / "notes.csv").write_text("\n".join(rows) + "\n")
+    audio, meta = data.load_arrays(tmp_path)
+    assert sorted(meta["note_str"]) == sorted(m["note_str"] for m, _ in sub)
+    for m, a in sub:
+        i = list(meta["note_str"]).index(m["note_str"])
+        assert meta["label"][i] == nsynth_family_to_label(m["instrument_family"])
+        assert meta["pitch"][i] == m["pitch"] and meta["instrument_str"][i] == m["instrument_str"]
+        assert np.max(np.abs(audio[i] - a)) <= QUANT
+
+
+def test_shared_real_nsynth_folder_is_a_source():
+    folder = shared_path("nsynth-real")
+    audio, meta = data.load_arrays(folder)
+    assert audio.shape == (50, N)
+    assert sorted(set(meta["label"])) == list(range(10))
+    for s, fam in zip(meta["note_str"], meta["instrument_family_str"]):
+        assert s.startswith(fam + "_")
+
+
+def test_embedded_sample_is_valid_nsynth_jsonwav():
+    """data/nsynth-sample (shipped in the repo): 100 notes, 10 per family, NSynth JSON+wav format."""
+    folder = ROOT / "data" / "nsynth-sample"
+    if not (folder / "examples.json").is_file():
+        pytest.skip("data/nsynth-sample is not in this checkout")
+    meta_json = json.loads((folder / "examples.json").read_text())
+    audio, meta = data.load_arrays(folder)
+    assert audio.shape == (len(meta_json), N) == (100, N)
+    assert np.bincount(meta["label"], minlength=10).tolist() == [10] * 10
+    for i, s in enumerate(meta["note_str"]):
+        m = meta_json[s]
+        assert s == f"{m['instrument_str']}-{m['pitch']:03d}-{m['velocity']:03d}" and s == m["note_str"]
+        assert m["instrument_family_str"] == NSYNTH_FAMILY_NAMES[m["instrument_family"]]
+        assert meta["label"][i] == nsynth_family_to_label(m["instrument_family"])
+        info = sf.info(str(folder / "audio" / f"{s}.wav"))
+        assert (info.samplerate, info.channels, info.frames, info.subtype) == (SR, 1, N, "PCM_16")
+        assert np.max(np.abs(audio[i])) > 1e-3, f"{s} is silent"

@@ -1,0 +1,753 @@
+"""``python -m nsynth_cnn bench``: speed and memory of the project, measured side by side in one run.
+
+Every number is measured in this process (or in a child it starts, for cold-start latency) on the same
+generated notes, with the cases of a section interleaved over ``--repeats`` rounds (median throughput,
+largest peak), so the printed *ratios* hold even on a busy machine. Sections (``--only a,b``):
+
+``pipeline``  notes/s and peak memory up to model-ready batches: tf.data read + parse + batch of an
+              NSynth-schema float32 TFRecord (and of the same notes prepared as int16 shards), alone and
+              with each model's front-end layers applied to the batches; against the baseline of our
+              reference projects (per-file wav decoding + ``librosa.feature.melspectrogram`` +
+              ``power_to_db`` in a Python loop). Ratio = pipeline / baseline.
+``inference`` batched CPU inference per network: the model alone, and streamed from the TFRecord.
+``predict``   single-file ``predict`` latency: cold (a new ``python -m nsynth_cnn predict`` process) and
+              warm (repeated in-process call).
+``train``     training throughput per network (notes/s; XLA off and on) and the projected time of one
+              full-NSynth epoch (289,205 notes). ``--backend-agnostic`` feeds synthetic numpy batches and
+              imports no TensorFlow, so it runs under ``KERAS_BACKEND=jax`` (e.g. on a GPU box).
+``shuffle``   class mixing of the first batches: the family-ordered file vs. its prepared shards.
+``memory``    peak memory while evaluating a 4,096-note TFRecord (streamed) vs. loading it into RAM.
+``scale``     (opt-in) epoch read throughput of prepared shards at growing sizes (``--scale-gb``), with the
+              page cache dropped for those files before each cold epoch.
+
+Generated data lives in a temporary folder (``--workdir``), deleted at the end unless ``--keep``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from .params import (AUDIO, FAMILIES, NSYNTH_FAMILY_NAMES, NSYNTH_SOURCE_NAMES, LogMelParams, TrainParams,
+                     label_to_nsynth_family)
+
+FULL_NSYNTH_TRAIN_NOTES = 289_205
+NSYNTH_TEST_NOTES = 4_096
+SECTIONS = ("pipeline", "inference", "predict", "train", "shuffle", "memory", "scale")
+DEFAULT_SECTIONS = ("pipeline", "inference", "predict", "train", "shuffle", "memory")
+NETWORKS = ("waveform", "logmel")
+FRONT_END_LAYERS = {"waveform": ("peak_normalize", "downsample"), "logmel": ("peak_normalize", "log_mel")}
+MB = 1 << 20
+
+
+# ----------------------------------------------------------------------------------------------- memory
+def _status_kb(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def rss_mb() -> float:
+    kb = _status_kb("VmRSS")
+    if kb is None:
+        import resource
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform == "darwin" else 1)
+    return kb / 1024
+
+
+class PeakMemory:
+    """Peak resident memory (MB) of this process during a ``with`` block.
+
+    On Linux the kernel's high-water mark is reset on entry (``/proc/self/clear_refs``) and read on exit;
+    elsewhere a thread samples the RSS every 2 ms. ``delta`` = peak minus the RSS at entry.
+    """
+
+    def __enter__(self):
+        self.start = rss_mb()
+        self._reset = False
+        try:
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")
+            self._reset = _status_kb("VmHWM") is not None
+        except OSError:
+            pass
+        self._samples = [self.start]
+        self._stop = threading.Event()
+        if not self._reset:
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.002):
+            self._samples.append(rss_mb())
+
+    def __exit__(self, *exc):
+        if self._reset:
+            self.peak = max(_status_kb("VmHWM") / 1024, self.start)
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self._samples + [rss_mb()])
+        self.delta = self.peak - self.start
+        return False
+
+
+# ----------------------------------------------------------------------------------------------- results
+@dataclasses.dataclass
+class Row:
+    section: str
+    name: str
+    notes: int = 0                    # notes per measured run
+    seconds: float = float("nan")     # median over runs
+    peak_mb: float = float("nan")     # largest peak RSS over runs
+    delta_mb: float = float("nan")    # largest (peak - RSS at start) over runs
+    ratio: float | None = None        # vs. the section's reference row
+    note: str = ""
+    runs: int = 0
+
+    @property
+    def notes_per_s(self) -> float:
+        return self.notes / self.seconds if self.seconds and self.seconds > 0 else float("nan")
+
+
+class Report:
+    def __init__(self, out=print):
+        self.rows: list[Row] = []
+        self.info: dict = {}
+        self.out = out
+
+    def add(self, row: Row) -> Row:
+        self.rows.append(row)
+        if not row.notes:
+            self.out(f"  {row.name}: {row.note}")
+            return row
+        self.out(f"  {row.name}: {_fmt_rate(row)}  peak {row.peak_mb:,.0f} MB (+{row.delta_mb:,.0f})"
+                 + (f"  x{row.ratio:.1f}" if row.ratio is not None else "") + (f"  [{row.note}]" if row.note else ""))
+        return row
+
+    def table(self) -> str:
+        lines = []
+        head = f"{'section':9s} {'case':62s} {'notes/s':>9s} {'ms/note':>8s} {'peak MB':>8s} {'+MB':>6s} {'ratio':>7s}  note"
+        lines.append(head)
+        lines.append("-" * len(head))
+        for r in self.rows:
+            rate = r.notes_per_s
+            ms = 1000.0 / rate if rate == rate and rate > 0 else float("nan")
+            lines.append(f"{r.section:9s} {r.name[:62]:62s} {_num(rate):>9s} {_num(ms, 2):>8s} "
+                         f"{_num(r.peak_mb):>8s} {_num(r.delta_mb):>6s} "
+                         f"{'' if r.ratio is None else f'x{r.ratio:.1f}':>7s}  {r.note}")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict:
+        return {"machine": self.info, "rows": [{**dataclasses.asdict(r), "notes_per_s": r.notes_per_s}
+                                               for r in self.rows]}
+
+
+def _num(x, digits=0) -> str:
+    if x is None or x != x:
+        return "-"
+    return f"{x:,.{digits}f}"
+
+
+def _fmt_rate(row: Row) -> str:
+    return f"{row.notes_per_s:,.1f} notes/s ({row.notes} notes, {row.seconds:.2f} s)"
+
+
+def measure(report: Report, section: str, cases: list[tuple[str, Callable[[], int]]], repeats: int,
+            reference: str | None = None, notes: dict[str, str] | None = None) -> dict[str, Row]:
+    """Run each case ``repeats`` times, interleaved (a b c a b c ...); each case returns the notes it did."""
+    times = {name: [] for name, _ in cases}
+    counts, peaks, deltas = {}, {name: [] for name, _ in cases}, {name: [] for name, _ in cases}
+    for _ in range(repeats):
+        for name, fn in cases:
+            with PeakMemory() as pm:
+                t0 = time.perf_counter()
+                counts[name] = fn()
+                times[name].append(time.perf_counter() - t0)
+            peaks[name].append(pm.peak)
+            deltas[name].append(pm.delta)
+    rows = {name: Row(section, name, counts[name], statistics.median(times[name]), max(peaks[name]),
+                      max(deltas[name]), note=(notes or {}).get(name, ""), runs=repeats) for name, _ in cases}
+    if reference:
+        ref = rows[reference].notes_per_s
+        for name, row in rows.items():
+            if name != reference:
+                row.ratio = row.notes_per_s / ref
+    for name, _ in cases:
+        report.add(rows[name])
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------- generated notes
+def _harmonic(f0: float, tilt: float, decay: float, rng: np.random.Generator) -> np.ndarray:
+    t = np.arange(AUDIO.num_samples, dtype=np.float64) / AUDIO.sample_rate_hz
+    x = np.zeros_like(t)
+    for h in range(1, 9):
+        if f0 * h < AUDIO.sample_rate_hz / 2:
+            x += rng.uniform(0.3, 1.0) / h ** tilt * np.sin(2 * np.pi * f0 * h * t + rng.uniform(0, 6.28))
+    held = int(AUDIO.held_seconds * AUDIO.sample_rate_hz)
+    env = np.exp(-decay * t)
+    env[held:] *= np.linspace(1.0, 0.0, AUDIO.num_samples - held) ** 2
+    x *= env
+    return (x / max(np.max(np.abs(x)), 1e-9)).astype(np.float32)
+
+
+def generated_notes(n: int, seed: int = 0, bank_per_family: int = 24) -> Iterator[tuple[dict, np.ndarray]]:
+    """``n`` NSynth-format ``(meta, audio)`` pairs, **ordered by family** like the official train file.
+
+    Harmonic tones with a per-family spectral tilt and decay; each family draws from a bank of
+    ``bank_per_family`` synthesised notes, varied per note by velocity (gain) and a random onset delay.
+    """
+    rng = np.random.default_rng(seed)
+    per = [n // len(FAMILIES) + (1 if i < n % len(FAMILIES) else 0) for i in range(len(FAMILIES))]
+    idx = 0
+    for label, count in enumerate(per):
+        fam = label_to_nsynth_family(label)
+        bank = [(p, _harmonic(440.0 * 2 ** ((p - 69) / 12), 0.5 + 0.15 * label, 0.3 + 0.4 * (label % 4), rng))
+                for p in rng.integers(24, 96, min(bank_per_family, max(count, 1)))]
+        for k in range(count):
+            pitch, base = bank[k % len(bank)]
+            velocity = int(rng.choice((25, 50, 75, 100, 127)))
+            shift = int(rng.integers(0, 800))
+            audio = np.zeros_like(base)
+            audio[shift:] = base[:AUDIO.num_samples - shift] * (0.2 + 0.6 * velocity / 127)
+            meta = _meta(NSYNTH_FAMILY_NAMES[fam], label, k, pitch, velocity, idx)
+            idx += 1
+            yield meta, audio
+
+
+def _meta(family: str, label: int, k: int, pitch: int, velocity: int, idx: int) -> dict:
+    from .data import note_metadata
+    source = NSYNTH_SOURCE_NAMES[k % 3]
+    meta = note_metadata(family=family, source=source, instrument=k // 16, pitch=int(pitch), velocity=velocity,
+                         note=idx, instrument_str=f"{family}_{source}_{k // 16:03d}")
+    meta["note_str"] = f"{meta['instrument_str']}-{int(pitch):03d}-{velocity:03d}-{idx:06d}"  # unique
+    return meta
+
+
+class Workdir:
+    """Generated data sets, made on first use and shared by the sections."""
+
+    def __init__(self, root: str, notes: int, batch: int, log):
+        self.root, self.n, self.batch, self.log = root, notes, batch, log
+        self._cache: dict[str, str] = {}
+
+    def _once(self, key: str, make: Callable[[str], None], path: str) -> str:
+        if key not in self._cache:
+            t0 = time.perf_counter()
+            make(path)
+            self.log(f"  (generated {key}: {path} in {time.perf_counter() - t0:.0f} s)")
+            self._cache[key] = path
+        return self._cache[key]
+
+    def tfrecord(self, n: int | None = None) -> str:
+        from . import data
+        n = n or self.n
+        path = os.path.join(self.root, f"nsynth-{n}.tfrecord")
+        return self._once(f"tfrecord{n}", lambda p: data.write_tfrecord(p, generated_notes(n)), path)
+
+    def jsonwav(self) -> str:
+        """The same notes as :meth:`tfrecord` in NSynth's JSON+wav layout (16-bit wav files)."""
+        from . import data
+        path = os.path.join(self.root, f"jsonwav-{self.n}")
+        rec = self.tfrecord()
+
+        def notes():
+            for e in data.iterate(data.nsynth_dataset(rec), rec):
+                meta = {k: (v.decode() if isinstance(v, bytes) else int(v)) for k, v in e.items()
+                        if k in data.META_KEYS}
+                yield {**meta, "qualities": e["qualities"].tolist()}, e["audio"]
+        return self._once("jsonwav", lambda p: data.write_jsonwav(p, notes()), path)
+
+    def prepared(self) -> str:
+        from . import prepare
+        path = os.path.join(self.root, f"prepared-{self.n}")
+        shards = max(2, min(64, self.n // 256))
+        return self._once("prepared", lambda p: prepare.prepare(self.tfrecord(), p, shards, log=None), path)
+
+    def weights(self) -> str:
+        path = os.path.join(self.root, "weights")
+
+        def make(p):
+            from . import models
+            os.makedirs(p, exist_ok=True)
+            for name in NETWORKS:     # untrained: latency and throughput do not depend on the weights
+                models.build_model(name).save(os.path.join(p, f"{name}_cnn.keras"))
+        return self._once("weights", make, path)
+
+    def wav(self) -> str:
+        path = os.path.join(self.root, "note.wav")
+
+        def make(p):
+            import soundfile as sf
+            _, audio = next(generated_notes(1, seed=3))
+            sf.write(p, audio, AUDIO.sample_rate_hz, subtype="PCM_16")
+        return self._once("wav", make, path)
+
+
+# ----------------------------------------------------------------------------------------------- (1)+(2) pipeline
+def front_end_fn(name: str, xla: bool = False):
+    """The network's own front-end layers (from a built model) as one compiled function on batches."""
+    import tensorflow as tf
+    from . import models
+    model = models.build_model(name, aug=None)
+    layers = [model.get_layer(n) for n in FRONT_END_LAYERS[name]]
+
+    @tf.function(input_signature=[tf.TensorSpec([None, AUDIO.num_samples], tf.float32)], jit_compile=xla)
+    def fn(x):
+        for layer in layers:
+            x = layer(x)
+        return x
+    return fn
+
+
+def _tfdata_case(path: str, batch: int, front=None) -> Callable[[], int]:
+    from . import data
+    ds = data.training_dataset(path, batch_size=batch, shuffle_buffer=0, seed=0, cache=False)
+
+    def run(ds=ds) -> int:
+        n = 0
+        for audio, _label in ds:
+            if front is not None:
+                front(audio).numpy()
+            n += int(audio.shape[0])
+        return n
+    run(ds.take(2))       # warm-up: tracing and XLA compilation stay out of the timings
+    return run
+
+
+def _librosa_case(folder: str, batch: int, p: LogMelParams = LogMelParams()) -> Callable[[], int]:
+    """The reference projects' loop: per file librosa.load + melspectrogram + power_to_db, stacked in batches.
+
+    Its BLAS is held to one thread (threadpoolctl): on a busy 2-core machine OpenBLAS' second thread makes
+    librosa's mel projection ~10x slower, which would flatter our ratio.
+    """
+    import warnings
+    import librosa
+    from threadpoolctl import threadpool_limits
+    files = sorted(glob.glob(os.path.join(folder, "audio", "*.wav")))
+
+    def run(files=files) -> int:
+        out, batch_feats = 0, []
+        with threadpool_limits(1), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for f in files:
+                y, sr = librosa.load(f, sr=AUDIO.sample_rate_hz)
+                mel = librosa.feature.melspectrogram(y=y, sr=sr, n_fft=p.fft_length, hop_length=p.stft_hop_samples,
+                                                     win_length=p.stft_window_samples, n_mels=p.num_mel_bins,
+                                                     fmin=p.mel_min_hz, fmax=p.mel_max_hz)
+                batch_feats.append(librosa.power_to_db(mel, ref=np.max, top_db=p.top_db))
+                if len(batch_feats) == batch:
+                    np.stack(batch_feats)
+                    out += len(batch_feats)
+                    batch_feats = []
+        return out + len(batch_feats)
+    run(files[:2])        # warm-up: librosa's lazy imports and first-call set-up stay out of the timings
+    return run
+
+
+def section_pipeline(report: Report, wd: Workdir, args) -> None:
+    report.out(f"\n[pipeline] {wd.n} notes, batch {args.batch_size}: tf.data + front ends vs. librosa loop")
+    rec, prep, wav = wd.tfrecord(), wd.prepared(), wd.jsonwav()
+    fronts = {name: front_end_fn(name) for name in NETWORKS}
+    fronts_xla = {name: front_end_fn(name, xla=True) for name in NETWORKS}
+    base = "baseline: wav decode + librosa melspectrogram + power_to_db (Python loop)"
+    cases = [(base, _librosa_case(wav, args.batch_size))]
+    for label, path in (("float32 TFRecord", rec), ("prepared int16 shards", prep)):
+        cases.append((f"tf.data read+parse+batch, {label}", _tfdata_case(path, args.batch_size)))
+        for name in NETWORKS:
+            fe = "PeakNormalize+AntiAliasDownsample" if name == "waveform" else "PeakNormalize+LogMelSpectrogram"
+            cases.append((f"  + {name} front end ({fe}), {label}", _tfdata_case(path, args.batch_size, fronts[name])))
+            if path == rec:
+                cases.append((f"  + {name} front end, XLA, {label}", _tfdata_case(path, args.batch_size,
+                                                                                  fronts_xla[name])))
+    measure(report, "pipeline", cases, args.repeats, reference=base)
+
+
+# ----------------------------------------------------------------------------------------------- (3) inference, predict
+def section_inference(report: Report, wd: Workdir, args) -> None:
+    from . import evaluate, models
+    report.out(f"\n[inference] batched CPU inference, batch {args.batch_size}")
+    rec = wd.tfrecord()
+    x = np.stack([a for _, a in generated_notes(args.batch_size, seed=5)])
+    batches = max(2, min(wd.n // args.batch_size, 16))
+    cases = []
+    for name in NETWORKS:
+        model = models.build_model(name)
+        model.predict_on_batch(x)
+
+        def in_memory(model=model) -> int:
+            for _ in range(batches):
+                model.predict_on_batch(x)
+            return batches * len(x)
+
+        def streamed(model=model) -> int:
+            return len(evaluate.predict_source(model, rec, batch_size=args.batch_size).labels)
+        cases += [(f"{name}: model.predict_on_batch, in-memory batches", in_memory),
+                  (f"{name}: evaluate.predict_source from the TFRecord", streamed)]
+    measure(report, "inference", cases, args.repeats)
+
+
+def _child_run(cmd: list[str], env: dict) -> tuple[float, float, int, str]:
+    """Wall seconds, peak RSS (MB) and return code of a child process."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = proc.stdout.read().decode(errors="replace")
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return time.perf_counter() - t0, usage.ru_maxrss / 1024, proc.returncode, out
+
+
+def section_predict(report: Report, wd: Workdir, args) -> None:
+    from . import data, evaluate, predict
+    report.out("\n[predict] single-file latency: cold (new process) and warm (in-process)")
+    weights, wav = wd.weights(), wd.wav()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + (
+        os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    for model in ("both", *NETWORKS):
+        cmd = [sys.executable, "-m", "nsynth_cnn", "predict", wav, "--weights", weights, "--model", model]
+        runs = [_child_run(cmd, env) for _ in range(args.repeats if model == "both" else 1)]
+        bad = [r for r in runs if r[2] != 0]
+        if bad:
+            raise RuntimeError(f"predict failed (rc {bad[0][2]}):\n{bad[0][3][-2000:]}")
+        report.add(Row("predict", f"cold: python -m nsynth_cnn predict note.wav --model {model}", 1,
+                       statistics.median(r[0] for r in runs), max(r[1] for r in runs), float("nan"),
+                       note="child process peak RSS", runs=len(runs)))
+    loaded = {n: evaluate.load_trained(n, weights) for n in NETWORKS}
+    cases = []
+    for model in ("both", *NETWORKS):
+        chosen = loaded if model == "both" else {model: loaded[model]}
+
+        def call(chosen=chosen) -> int:
+            audio = data.load_audio(wav, reject_silent=True, onset_trim=True)
+            predict.classify(chosen, audio)
+            return 1
+        call()
+        cases.append((f"warm: load_audio + classify, --model {model}", call))
+    per = max(3, args.repeats * 3)
+    measure(report, "predict", cases, per)
+
+
+# ----------------------------------------------------------------------------------------------- (4) training
+def _compile_like_train(model, p: TrainParams, xla):
+    """The optimizer, loss and metrics of ``train.train`` (AdamW, label-smoothed cross-entropy)."""
+    import keras
+    model.compile(optimizer=keras.optimizers.AdamW(learning_rate=p.learning_rate, weight_decay=p.weight_decay),
+                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=p.label_smoothing),
+                  metrics=["accuracy"], weighted_metrics=[], jit_compile=xla)
+    return model
+
+
+def section_train(report: Report, wd: Workdir | None, args) -> None:
+    """Training steps on synthetic numpy batches (the tf.data input is measured in ``pipeline``)."""
+    import keras
+    from . import models
+    from .train import has_gpu
+    backend = keras.backend.backend()
+    gpu = has_gpu()
+    mixed = {"on": True, "off": False, "auto": gpu}[args.mixed_precision]
+    b = args.train_batch_size
+    report.out(f"\n[train] backend {backend}, {'GPU' if gpu else 'CPU'}, batch {b}, "
+               f"{args.train_steps} timed steps after {args.warmup_steps} warm-up, mixed precision "
+               f"{'on' if mixed else 'off'}")
+    x = np.stack([a for _, a in generated_notes(b, seed=11)])
+    labels = np.arange(b) % len(FAMILIES)
+    y = np.eye(len(FAMILIES), dtype=np.float32)[labels]
+    w = np.ones(b, np.float32)
+    if backend == "tensorflow" and not gpu:
+        xla_modes = {"both": (False, True), "on": (True,), "off": (False,), "auto": ("auto",)}[args.train_xla]
+    else:
+        xla_modes = ("auto",)            # JAX always compiles with XLA; TF on GPU: Keras' default
+    p = TrainParams()
+    if mixed:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        for name in args.networks:
+            for xla in xla_modes:
+                keras.utils.set_random_seed(p.seed)
+                model = _compile_like_train(models.build_model(name, train=p), p, xla)
+                for _ in range(args.warmup_steps):
+                    model.train_on_batch(x, y, sample_weight=w)
+
+                def steps(model=model) -> int:
+                    for _ in range(args.train_steps):
+                        model.train_on_batch(x, y, sample_weight=w)
+                    return args.train_steps * b
+                xla_name = {True: "XLA on", False: "XLA off", "auto": "XLA " + (
+                    "on" if backend == "jax" else "auto")}[xla]
+                row = measure(report, "train", [(f"{name}: train_on_batch ({backend}, {xla_name})", steps)],
+                              1)[f"{name}: train_on_batch ({backend}, {xla_name})"]
+                epoch = FULL_NSYNTH_TRAIN_NOTES / row.notes_per_s
+                row.note = f"full-NSynth epoch ~{_hms(epoch)}"
+                report.out(f"    -> one epoch of {FULL_NSYNTH_TRAIN_NOTES:,} notes ~ {_hms(epoch)}")
+                del model
+                keras.backend.clear_session()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def _hms(seconds: float) -> str:
+    if seconds != seconds:
+        return "-"
+    h, rem = divmod(int(round(seconds)), 3600)
+    return f"{h} h {rem // 60:02d} min" if h else f"{rem // 60} min {rem % 60:02d} s"
+
+
+# ----------------------------------------------------------------------------------------------- shuffle
+def first_batch_classes(path, batch: int, shuffle_buffer: int, batches: int = 5, seed: int = 0) -> list[int]:
+    """Distinct classes in each of the first ``batches`` training batches of ``path``."""
+    from . import data
+    ds = data.training_dataset(path, batch_size=batch, shuffle_buffer=shuffle_buffer, seed=seed, cache=False)
+    return [len(set(lab.tolist())) for _, lab in data.iterate(ds.take(batches), path)]
+
+
+def section_shuffle(report: Report, wd: Workdir, args) -> None:
+    from . import prepare
+    report.out(f"\n[shuffle] prepare the family-ordered {wd.n}-note file, and classes in the first batches")
+    rec = wd.tfrecord()
+    out = os.path.join(wd.root, "prepared-shuffle")
+    shards = max(2, min(64, wd.n // 256))
+
+    def run() -> int:
+        return prepare.prepare(rec, out, shards, overwrite=True, log=None)["notes"]
+    measure(report, "shuffle", [(f"prepare: {wd.n} notes -> {shards} shuffled int16 shards", run)], 1)
+    scaled = max(1, round(TrainParams().shuffle_buffer * wd.n / FULL_NSYNTH_TRAIN_NOTES))
+    default = TrainParams().shuffle_buffer
+    for label, path in (("raw family-ordered TFRecord", rec), ("prepared shards", out)):
+        for buf, why in ((scaled, f"{default} scaled to {wd.n}/{FULL_NSYNTH_TRAIN_NOTES:,} notes"),
+                         (default, "default")):
+            classes = first_batch_classes(path, args.batch_size, buf)
+            report.add(Row("shuffle", f"classes in first batches: {label}, shuffle buffer {buf}",
+                           note=f"{classes} of {len(FAMILIES)} ({why})"))
+
+
+# ----------------------------------------------------------------------------------------------- memory
+def section_memory(report: Report, wd: Workdir, args) -> None:
+    from . import data, evaluate, models
+    n = args.eval_notes
+    report.out(f"\n[memory] evaluate a {n}-note TFRecord: streamed vs. all in RAM "
+               f"({n * AUDIO.num_samples * 4 / 1e9:.2f} GB as float32)")
+    rec = wd.tfrecord(n)
+    cases = []
+    for name in NETWORKS:
+        model = models.build_model(name)
+        model.predict_on_batch(np.zeros((2, AUDIO.num_samples), np.float32))
+        cases.append((f"{name}: evaluate.predict_source (streams batches of {args.batch_size})",
+                      lambda model=model: len(evaluate.predict_source(model, rec, args.batch_size).labels)))
+
+    def in_ram() -> int:
+        audio, _ = data.load_arrays(rec)
+        return len(audio)
+    cases.append(("for contrast: data.load_arrays (whole split in RAM)", in_ram))
+    measure(report, "memory", cases, 1,
+            notes={c[0]: f"float32 audio of the split: {n * AUDIO.num_samples * 4 / MB:,.0f} MB" for c in cases})
+
+
+# ----------------------------------------------------------------------------------------------- scale
+def _drop_page_cache(files: list[str]) -> None:
+    """Evict these files from the page cache (POSIX_FADV_DONTNEED), so the next read comes from disk."""
+    for f in files:
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def section_scale(report: Report, wd: Workdir, args) -> None:
+    from . import data, prepare
+    sizes = sorted(float(s) for s in args.scale_gb.split(","))
+    per_note = 2 * AUDIO.num_samples + 400
+    shard_bytes = 64 * MB
+    total_notes = int(max(sizes) * 1e9 / per_note)
+    shards = max(1, math.ceil(total_notes * per_note / shard_bytes))
+    usage = shutil.disk_usage(wd.root)
+    if usage.free < max(sizes) * 1e9 * 1.3 + 1e9:
+        raise RuntimeError(f"--scale-gb {args.scale_gb}: only {usage.free / 1e9:.1f} GB free under {wd.root}")
+    report.out(f"\n[scale] {total_notes:,} notes of prepared shards ({max(sizes):g} GB, {shards} shards); "
+               f"epoch reads at {', '.join(f'{s:g}' for s in sizes)} GB, page cache dropped before cold epochs")
+    full = os.path.join(wd.root, "scale-full")
+    t0 = time.perf_counter()
+    notes = ((m, prepare.quantize(a)) for m, a in _as_elements(generated_notes(total_notes, seed=21)))
+    with PeakMemory() as pm:
+        prepare.prepare_elements(notes, full, shards, seed=1, source="generated", log=None)
+    report.add(Row("scale", f"write {total_notes:,} notes as {shards} prepared shards (generate+prepare)",
+                   total_notes, time.perf_counter() - t0, pm.peak, pm.delta))
+    shard_files = sorted(glob.glob(os.path.join(full, "nsynth-prepared-*.tfrecord")))
+    for size in sizes:
+        k = max(1, round(len(shard_files) * size / max(sizes)))
+        sub = os.path.join(wd.root, f"scale-{size:g}gb")
+        os.makedirs(sub, exist_ok=True)
+        for f in shard_files[:k]:
+            os.symlink(f, os.path.join(sub, os.path.basename(f)))
+        for f in (prepare.PREPARED_MARKER, prepare.STATS_FILE):
+            shutil.copy(os.path.join(full, f), sub)
+        nbytes = sum(os.path.getsize(f) for f in shard_files[:k])
+        for mode in ("cold", "warm"):
+            if mode == "cold":
+                _drop_page_cache(shard_files[:k])
+            ds = data.training_dataset(sub, batch_size=args.batch_size, shuffle_buffer=TrainParams().shuffle_buffer,
+                                       seed=0, cache=False)
+
+            def epoch(ds=ds) -> int:
+                n = 0
+                for audio, _ in ds:
+                    n += int(audio.shape[0])
+                return n
+            row = measure(report, "scale", [(f"epoch read {nbytes / 1e9:.2f} GB ({k} shards), {mode} cache",
+                                            epoch)], 1)
+            r = next(iter(row.values()))
+            r.note = f"{nbytes / r.seconds / MB:,.0f} MB/s"
+
+
+def _as_elements(notes):
+    from . import data
+    for meta, audio in notes:
+        yield data.metadata_element(meta, audio), audio
+
+
+# ----------------------------------------------------------------------------------------------- machine
+def machine_info() -> dict:
+    import keras
+    info = {"python": platform.python_version(), "platform": platform.platform(),
+            "cpu_model": _cpu_model(), "logical_cpus": os.cpu_count(),
+            "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "ram_gb": _ram_gb(), "keras": keras.__version__, "keras_backend": keras.backend.backend(),
+            "numpy": np.__version__, "nice": os.nice(0) if hasattr(os, "nice") else None,
+            "loadavg_start": os.getloadavg() if hasattr(os, "getloadavg") else None}
+    for mod in ("tensorflow", "jax", "librosa"):
+        if mod in sys.modules:
+            info[mod] = getattr(sys.modules[mod], "__version__", "?")
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+def _ram_gb() -> float | None:
+    try:
+        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1)
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+RUNNERS = {"pipeline": section_pipeline, "inference": section_inference, "predict": section_predict,
+           "train": section_train, "shuffle": section_shuffle, "memory": section_memory, "scale": section_scale}
+
+
+def run(args, out=print) -> Report:
+    sections = DEFAULT_SECTIONS if not args.only else tuple(s.strip() for s in args.only.split(","))
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown:
+        raise SystemExit(f"bench: unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
+    if args.backend_agnostic and set(sections) != {"train"}:
+        raise SystemExit("bench: --backend-agnostic runs the train section only (--only train)")
+    args.networks = [n.strip() for n in args.networks.split(",")]
+    report = Report(out)
+    report.info = machine_info()
+    report.info["sections"] = list(sections)
+    report.info["args"] = {k: v for k, v in vars(args).items() if k != "func"}
+    out(f"bench: {report.info['cpu_model']}, {report.info['cpus_usable']} CPU(s), {report.info['ram_gb']} GB RAM, "
+        f"keras {report.info['keras']} ({report.info['keras_backend']}), load average "
+        f"{' '.join(f'{x:.2f}' for x in report.info['loadavg_start'] or ())}")
+    own_dir = args.workdir is None
+    root = args.workdir or tempfile.mkdtemp(prefix="nsynth-bench-")
+    os.makedirs(root, exist_ok=True)
+    wd = Workdir(root, args.notes, args.batch_size, out)
+    try:
+        for s in sections:
+            RUNNERS[s](report, None if args.backend_agnostic else wd, args)
+    finally:
+        if own_dir and not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    report.info.update({k: v for k, v in machine_info().items() if k in ("tensorflow", "jax", "librosa")})
+    report.info["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    report.info["tensorflow_imported"] = sys.modules.get("tensorflow") is not None
+    if args.backend_agnostic and report.info["keras_backend"] != "tensorflow" and report.info["tensorflow_imported"]:
+        out("warning: TensorFlow was imported on the --backend-agnostic path")
+    out("\n" + report.table())
+    out(f"\nload average at start {report.info['loadavg_start']}, at end {report.info['loadavg_end']}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(report.to_json(), fh, indent=1, default=str)
+        out(f"wrote {args.json}")
+    return report
+
+
+def add_parser(sub):
+    ap = sub.add_parser("bench", help="speed and memory benchmark (side-by-side ratios, one run)",
+                        description=__doc__.split("\n\n")[0])
+    _add_arguments(ap)
+    ap.set_defaults(func=_main)
+
+
+def _add_arguments(ap):
+    ap.add_argument("--only", default=None, help=f"comma-separated sections of {', '.join(SECTIONS)} "
+                                                 f"(default: {','.join(DEFAULT_SECTIONS)})")
+    ap.add_argument("--notes", type=int, default=2048, help="notes in the generated data sets")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds per section (median)")
+    ap.add_argument("--networks", default=",".join(NETWORKS), help="for the train section")
+    ap.add_argument("--train-batch-size", type=int, default=TrainParams().batch_size)
+    ap.add_argument("--train-steps", type=int, default=6, help="timed training steps per network")
+    ap.add_argument("--warmup-steps", type=int, default=2, help="untimed steps first (tracing, XLA compile)")
+    ap.add_argument("--train-xla", choices=("both", "on", "off", "auto"), default="both",
+                    help="TensorFlow on CPU: time training with XLA off and on (default both)")
+    ap.add_argument("--mixed-precision", choices=("auto", "on", "off"), default="auto",
+                    help="mixed_float16 for the train section (auto: on with a GPU)")
+    ap.add_argument("--backend-agnostic", action="store_true",
+                    help="train section on synthetic numpy batches, no TensorFlow import (KERAS_BACKEND=jax)")
+    ap.add_argument("--eval-notes", type=int, default=NSYNTH_TEST_NOTES, help="notes for the memory section")
+    ap.add_argument("--scale-gb", default="0.5,1,2,4", help="prepared-shard sizes for the scale section (GB)")
+    ap.add_argument("--workdir", default=None, help="folder for generated data (default: a temp folder)")
+    ap.add_argument("--keep", action="store_true", help="keep the generated data")
+    ap.add_argument("--json", default=None, help="also write the results as JSON")
+
+
+def _main(args):
+    run(args)
+    return 0
+
+
+def main(argv=None, out=print) -> int:
+    """``python -m nsynth_cnn.bench ...`` (the same options), without loading the other commands."""
+    import argparse
+    ap = argparse.ArgumentParser(prog="python -m nsynth_cnn.bench", description=__doc__.split("\n\n")[0])
+    _add_arguments(ap)
+    run(ap.parse_args(argv), out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

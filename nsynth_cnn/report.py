@@ -1,0 +1,237 @@
+"""Glue for the report notebook: where the data is, what the shipped weights were trained on, summary tables.
+
+Kept out of the notebook so its cells are only calls. Nothing here trains or plots.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+from . import data, train
+from .params import FAMILIES
+
+SAMPLE_DIR = os.path.join("data", "nsynth-sample")
+"""NSynth-format sample shipped in the repository (JSON+wav layout), used when no NSynth split is found."""
+
+
+def find_split(data_dir: str | os.PathLike, split: str) -> str | None:
+    """The NSynth ``split`` (train/valid/test) inside ``data_dir``, or None.
+
+    Looks for, in order: ``nsynth-<split>.tfrecord`` (also ``.gz`` or sharded ``nsynth-<split>-*``),
+    the official JSON+wav folder ``nsynth-<split>/`` (examples.json + audio/), and this project's corpus layout
+    ``<split>/`` (TFRecord shards or ``<split>/jsonwav``). ``data_dir`` may also *be* a TFRecord file or a
+    JSON+wav folder; it is then used as the test split.
+    """
+    data_dir = os.fspath(data_dir)
+    if not os.path.exists(data_dir):
+        return None
+    if os.path.isfile(data_dir) or os.path.isfile(os.path.join(data_dir, "examples.json")):
+        return data_dir if split == "test" else None
+    for pattern in (f"nsynth-{split}.tfrecord", f"nsynth-{split}.tfrecord.gz"):
+        if os.path.isfile(os.path.join(data_dir, pattern)):
+            return os.path.join(data_dir, pattern)
+    if sorted(glob.glob(os.path.join(data_dir, f"nsynth-{split}-*.tfrecord*"))):
+        return os.path.join(data_dir, f"nsynth-{split}-*.tfrecord*")
+    for folder in (f"nsynth-{split}", split, os.path.join(split, "jsonwav")):
+        path = os.path.join(data_dir, folder)
+        if os.path.isdir(path):
+            try:
+                data.resolve_source(path)
+            except data.DataError:
+                continue
+            return path
+    return None
+
+
+def evaluation_source(data_dir, sample_dir: str = SAMPLE_DIR) -> tuple[str, str]:
+    """``(path, sentence)``: the test split in ``data_dir`` if there is one, else the embedded sample."""
+    path = find_split(data_dir, "test")
+    if path is not None:
+        return path, f"the NSynth-format test split found at `{path}`"
+    if not os.path.exists(sample_dir):
+        raise data.DataError(f"No NSynth test split in {data_dir!r} and no embedded sample at {sample_dir!r}. "
+                             "Set DATA_DIR to a folder holding nsynth-test.tfrecord (or the nsynth-test/ "
+                             "JSON+wav folder), or restore data/ from project1.zip.")
+    return sample_dir, (f"the small sample embedded in the repository (`{sample_dir}`), because "
+                        f"`{data_dir}` holds no NSynth test split")
+
+
+def training_splits(data_dir) -> tuple[str, str | None]:
+    """``(train, valid)`` paths for ``MODE = "train"``; valid may be None (then no early stopping)."""
+    train_path = find_split(data_dir, "train")
+    if train_path is None:
+        raise data.DataError(f"MODE='train' needs NSynth training data: {data_dir!r} holds no nsynth-train."
+                             "tfrecord, nsynth-train/ folder or train/ split.")
+    return train_path, find_split(data_dir, "valid")
+
+
+def load_history(name: str, weights_dir: str = "weights") -> dict:
+    """``<weights_dir>/<name>_cnn_history.json`` (per-epoch lists + ``meta``); empty dict if absent."""
+    path = train.history_path(weights_dir, name)
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def load_histories(weights_dir: str = "weights", names=("waveform", "logmel")) -> dict[str, dict]:
+    """``{name: history}`` for every network whose history JSON exists in ``weights_dir``."""
+    return {n: h for n in names if (h := load_history(n, weights_dir))}
+
+
+def training_meta_table(histories: dict[str, dict]):
+    """One row per network: what its weights were trained on and how long (from the history ``meta``)."""
+    import pandas as pd
+    rows = []
+    for name, h in histories.items():
+        meta = h.get("meta", {})
+        va = h.get("val_accuracy") or []
+        rows.append({"network": name, "train_data": meta.get("train_data", "?"),
+                     "valid_data": meta.get("valid_data", "?"), "epochs run": len(h.get("epoch", [])),
+                     "best val accuracy": round(max(va), 4) if va else None,
+                     "training wall time (s)": meta.get("wall_seconds_last_run"),
+                     "gpu": meta.get("gpu")})
+    return pd.DataFrame(rows).set_index("network") if rows else pd.DataFrame()
+
+
+def results_table(results: dict[str, dict]):
+    """Accuracy, balanced accuracy and per-family accuracy of each network (``evaluate.metrics`` dicts)."""
+    import pandas as pd
+    rows = {}
+    for name, res in results.items():
+        row = {"notes": res["notes"], "accuracy": res["accuracy"], "balanced accuracy": res["balanced_accuracy"]}
+        row.update({f: res["per_class_accuracy"][f] for f in FAMILIES})
+        rows[name] = row
+    return pd.DataFrame.from_dict(rows, orient="index").round(3)
+
+
+def class_counts(labels, classes=FAMILIES):
+    """Notes per family in an evaluation set (a one-row DataFrame, families as columns)."""
+    import numpy as np
+    import pandas as pd
+    counts = np.bincount(np.asarray(labels, int), minlength=len(classes))
+    return pd.DataFrame([counts], index=["notes"], columns=list(classes)).assign(total=int(counts.sum()))
+
+
+def architecture_table(model):
+    """A built or loaded network as a table, one row per stage: front end, each ``blockN``, the head.
+
+    Columns: the layers of the stage, its output shape (without the batch axis) and its parameter count.
+    Augmentation layers (``aug_*``) are marked: they act only during training.
+    """
+    import pandas as pd
+    stages: dict[str, list] = {}
+    for layer in model.layers:
+        stage = layer.name.split("_")[0] if layer.name.startswith("block") else layer.name
+        stages.setdefault(stage, []).append(layer)
+    rows = []
+    for stage, group in stages.items():
+        last = group[-1]
+        shape = tuple(last.output.shape[1:]) if hasattr(last, "output") else ()
+        kinds = " -> ".join(type(layer).__name__ for layer in group)
+        if stage.startswith("aug"):
+            kinds += " (training only)"
+        conv = next((layer for layer in group if hasattr(layer, "filters")), None)
+        detail = "" if conv is None else (f"{conv.filters} filters, kernel {_dims(conv.kernel_size)}, "
+                                          f"stride {_dims(conv.strides)}")
+        pool = next((getattr(layer, "pool_size", None) or getattr(layer, "pool", None) for layer in group
+                     if hasattr(layer, "pool_size") or isinstance(getattr(layer, "pool", None), int)), None)
+        detail += f", pool {_dims(pool)}" if pool else ""
+        rows.append({"stage": stage, "layers": kinds, "convolution": detail, "output shape": str(shape),
+                     "parameters": sum(layer.count_params() for layer in group)})
+    df = pd.DataFrame(rows).set_index("stage")
+    df.loc["total"] = ["", "", "", model.count_params()]
+    return df
+
+
+def _dims(v) -> str:
+    v = tuple(v) if isinstance(v, (tuple, list)) else (v,)
+    return "x".join(str(int(x)) for x in v)
+
+
+def top_confusions(cm, k: int = 5, classes=FAMILIES):
+    """The ``k`` most frequent (true -> predicted) mistakes in a confusion matrix, as a DataFrame."""
+    import numpy as np
+    import pandas as pd
+    cm = np.asarray(cm)
+    support = cm.sum(axis=1)
+    off = [(cm[i, j], i, j) for i in range(len(cm)) for j in range(len(cm)) if i != j and cm[i, j] > 0]
+    off.sort(key=lambda t: (-t[0], t[1], t[2]))
+    return pd.DataFrame([{"true": classes[i], "predicted": classes[j], "notes": int(n),
+                          "share of true family": round(n / support[i], 3)} for n, i, j in off[:k]])
+
+
+def confusions_side_by_side(cms: dict, k: int = 5, classes=FAMILIES):
+    """:func:`top_confusions` of several networks next to each other (``cms``: ``{name: confusion matrix}``)."""
+    import pandas as pd
+    return pd.concat({name: top_confusions(cm, k, classes) for name, cm in cms.items()}, axis=1)
+
+
+def selections_table(picks_by_model: dict, meta=None, classes=FAMILIES):
+    """Selections (``selection.extremes`` / ``near_boundary`` results) of several networks in one table:
+    one row per network and family, the note and margin of each slot."""
+    import pandas as pd
+    from .selection import picks_table
+    frames = []
+    for name, picks in picks_by_model.items():
+        t = picks_table(picks, meta, classes)
+        t.insert(0, "network", name)
+        frames.append(t)
+    df = pd.concat(frames, ignore_index=True)
+    cols = [c for c in ("note", "margin", "predicted") if c in df.columns]
+    wide = df.pivot_table(index=["network", "class"], columns="slot", values=cols, aggfunc="first", sort=False)
+    wide = wide.swaplevel(0, 1, axis=1)
+    slots = list(dict.fromkeys(df["slot"]))
+    return wide.reindex(columns=pd.MultiIndex.from_product([slots, cols])).fillna("-")
+
+
+def params_table(*param_objects):
+    """Every field of the given ``params`` dataclasses as one two-column table (what the text quotes)."""
+    import dataclasses
+    import pandas as pd
+    rows = [(type(p).__name__, f.name, str(getattr(p, f.name))) for p in param_objects
+            for f in dataclasses.fields(p)]
+    return pd.DataFrame(rows, columns=["group", "parameter", "value"]).set_index(["group", "parameter"])
+
+
+# ----------------------------------------------------------------------------------------------- deliverable
+ZIP_CONTENT = ("project1.ipynb", "README.md", "requirements.txt", "nsynth_cnn", "weights", "data/nsynth-sample",
+               "figures", "report/project1.html", "report/project1.pdf")
+ZIP_REQUIRED = ("project1.ipynb", "README.md", "requirements.txt", "nsynth_cnn", "weights/waveform_cnn.keras",
+                "weights/logmel_cnn.keras")
+
+
+def package_zip(out: str = "project1.zip", root: str = ".", content=ZIP_CONTENT, required=ZIP_REQUIRED,
+                folder: str = "project1") -> list[str]:
+    """Write the deliverable zip (every file under ``folder/``) and return the names it holds.
+
+    Refuses (``DataError``) when a required file is missing or the notebook has not been executed. Skips
+    caches, hidden files (training backups, checkpoints) and temporary files; optional entries that do not
+    exist (the PDF, say) are left out.
+    """
+    import zipfile
+    import nbformat
+    missing = [p for p in required if not os.path.exists(os.path.join(root, p))]
+    if missing:
+        raise data.DataError(f"cannot build {out}: missing {', '.join(missing)} (train the networks or "
+                             "restore them).")
+    nb = nbformat.read(os.path.join(root, "project1.ipynb"), as_version=4)
+    if not any(c.get("outputs") for c in nb.cells if c.cell_type == "code"):
+        raise data.DataError("project1.ipynb has no outputs: run it first (make notebook).")
+    files = []
+    for entry in content:
+        path = os.path.join(root, entry)
+        if os.path.isfile(path):
+            files.append(entry)
+        for dirpath, dirnames, filenames in os.walk(path):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__pycache__")
+            rel = os.path.relpath(dirpath, root)
+            files += [os.path.join(rel, f) for f in sorted(filenames)
+                      if not f.startswith(".") and not f.endswith((".pyc", ".tmp")) and ".tmp." not in f]
+    tmp = out + ".tmp"
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        for f in files:
+            zf.write(os.path.join(root, f), os.path.join(folder, f))
+    os.replace(tmp, out)
+    return files

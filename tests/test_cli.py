@@ -1,0 +1,162 @@
+"""``python -m nsynth_cnn train / evaluate / predict`` end to end on tiny generated data.
+
+The logmel network is trained once (2 epochs x 2 steps of 4 notes) in a subprocess, exactly as a user runs
+it (fresh interpreter, ``python -m nsynth_cnn``); evaluate and predict then use the file it wrote, called
+in-process through ``__main__.main`` (the same argument parsing and code, without paying TensorFlow's start-up
+again on a 2-core machine).
+"""
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from conftest import N, ROOT, make_notes, run_cli
+from nsynth_cnn import data
+from nsynth_cnn.__main__ import main
+from nsynth_cnn.params import FAMILIES
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    notes = make_notes()
+    data.write_tfrecord(str(root / "train.tfrecord"), notes)
+    data.write_jsonwav(str(root / "valid"), notes[1::2])
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(workdir):
+    out = workdir / "weights"
+    proc = run_cli("train", "--model", "logmel", "--train", workdir / "train.tfrecord", "--valid",
+                   workdir / "valid", "--out", out, "--epochs", 2, "--steps-per-epoch", 2, "--batch-size", 4,
+                   "--shuffle-buffer", 32, "--xla", "off", timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return out, proc
+
+
+def test_train_writes_model_and_history(trained):
+    import keras
+    out, proc = trained
+    assert (out / "logmel_cnn.keras").is_file()
+    assert "saved" in proc.stdout and "logmel_cnn.keras" in proc.stdout
+    hist = json.loads((out / "logmel_cnn_history.json").read_text())
+    assert hist["epoch"] == [0, 1]
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert len(hist[key]) == 2 and all(np.isfinite(hist[key])), key
+    assert all(0.0 <= a <= 1.0 for a in hist["val_accuracy"])
+    assert hist["meta"]["model"] == "logmel" and hist["meta"]["params"]["batch_size"] == 4
+    assert not list(out.glob(".logmel_cnn*")), "checkpoint/backup leftovers after a finished run"
+    model = keras.models.load_model(out / "logmel_cnn.keras")
+    assert tuple(model.input_shape) == (None, N) and tuple(model.output_shape) == (None, 10)
+
+
+def test_evaluate_prints_count_accuracy_and_writes_json(trained, workdir, capsys):
+    import keras
+    out, _ = trained
+    report = workdir / "eval.json"
+    rc = main(["evaluate", "--model", "logmel", "--data", str(workdir / "train.tfrecord"), "--weights", str(out),
+               "--out", str(report)])
+    stdout = capsys.readouterr().out
+    assert rc == 0
+    m = re.search(r"logmel: evaluated (\d+) notes .*accuracy ([0-9.]+)", stdout)
+    assert m, stdout
+    res = json.loads(report.read_text())
+    assert int(m.group(1)) == res["notes"] == 20                # 22 notes written, 2 synth_lead dropped
+    assert float(m.group(2)) == pytest.approx(res["accuracy"], abs=5e-5)
+    cm = np.array(res["confusion_matrix"])
+    assert cm.shape == (10, 10) and cm.sum() == 20 and cm.sum(axis=1).tolist() == [2] * 10
+    assert res["accuracy"] == pytest.approx(np.trace(cm) / 20)
+    assert res["classes"] == list(FAMILIES)
+    # Independent check: the same model and notes, predicted here, give the same confusion matrix.
+    model = keras.models.load_model(out / "logmel_cnn.keras")
+    audio, meta = data.load_arrays(workdir / "train.tfrecord")
+    pred = np.asarray(model.predict_on_batch(audio)).argmax(axis=1)
+    mine = np.zeros((10, 10), int)
+    np.add.at(mine, (meta["label"], pred), 1)
+    np.testing.assert_array_equal(mine, cm)
+
+
+def test_predict_json(trained, tmp_path, capsys):
+    import keras
+    import soundfile as sf
+    out, _ = trained
+    note = make_notes(per_family=1, families=[5])[0][1]
+    wav = tmp_path / "mallet.wav"
+    sf.write(wav, note, 44_100)            # another rate on purpose: predict resamples it
+    rc = main(["predict", str(wav), "--model", "logmel", "--weights", str(out), "--json"])
+    stdout = capsys.readouterr().out
+    assert rc == 0
+    res = json.loads(stdout)               # nothing but the JSON on stdout
+    assert res["file"] == str(wav)
+    top = res["logmel"]["top"]
+    assert len(top) == 3 and all(t["family"] in FAMILIES for t in top)
+    probs = [t["probability"] for t in top]
+    assert probs == sorted(probs, reverse=True)
+    full = res["logmel"]["probabilities"]
+    assert list(full) == list(FAMILIES) and sum(full.values()) == pytest.approx(1.0, abs=2e-3)
+    model = keras.models.load_model(out / "logmel_cnn.keras")
+    x = data.load_audio(str(wav), reject_silent=True, onset_trim=True)
+    mine = np.asarray(model.predict_on_batch(x[None]))[0]
+    for f, p in zip(FAMILIES, mine):
+        assert full[f] == pytest.approx(p, abs=1e-4)
+    assert top[0]["family"] == FAMILIES[int(np.argmax(mine))]
+
+
+def test_predict_reports_bad_files_and_continues(trained, tmp_path, capsys):
+    import soundfile as sf
+    out, _ = trained
+    good = tmp_path / "good.wav"
+    sf.write(good, make_notes(per_family=1, families=[2])[0][1], 16_000)
+    bad = tmp_path / "text.wav"
+    bad.write_text("not audio\n" * 100)
+    silent = tmp_path / "silent.wav"
+    sf.write(silent, np.zeros(16_000, np.float32), 16_000)
+    rc = main(["predict", str(good), str(bad), str(silent), "--model", "logmel", "--weights", str(out),
+               "--json"])
+    res = json.loads(capsys.readouterr().out)
+    assert rc == 2 and len(res) == 3
+    assert res[0]["file"] == str(good) and len(res[0]["logmel"]["top"]) == 3
+    assert "not a readable audio file" in res[1]["error"]
+    assert "silent" in res[2]["error"]
+
+
+def test_cli_errors_are_one_line_messages(trained, workdir, tmp_path, capsys):
+    out, _ = trained
+    rc = main(["evaluate", "--model", "logmel", "--data", str(tmp_path / "missing"), "--weights", str(out),
+               "--out", str(tmp_path / "e.json")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error:") and "does not exist" in err
+    rc = main(["predict", str(workdir / "train.tfrecord"), "--model", "logmel", "--weights",
+               str(tmp_path / "no-weights")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "logmel_cnn.keras not found" in err
+    cut = tmp_path / "cut.tfrecord"
+    blob = (workdir / "train.tfrecord").read_bytes()
+    cut.write_bytes(blob[: len(blob) // 2])
+    rc = main(["train", "--model", "logmel", "--train", str(cut), "--out", str(tmp_path / "w"), "--epochs", "1",
+               "--steps-per-epoch", "1", "--batch-size", "2"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "corrupt or truncated" in err
+    assert not (tmp_path / "w" / "logmel_cnn.keras").exists()
+
+
+@pytest.mark.parametrize("name", ["logmel", "waveform"])
+def test_quick_start_evaluates_shipped_weights_on_embedded_sample(name, tmp_path, capsys, monkeypatch):
+    """README's quick start: ``evaluate --model logmel --data data/nsynth-sample`` with weights/ as shipped."""
+    if not (ROOT / "weights" / f"{name}_cnn.keras").is_file():
+        pytest.skip(f"weights/{name}_cnn.keras is not in this checkout (train it: make train)")
+    if not (ROOT / "data" / "nsynth-sample" / "examples.json").is_file():
+        pytest.skip("data/nsynth-sample is not in this checkout")
+    monkeypatch.chdir(ROOT)
+    rc = main(["evaluate", "--model", name, "--data", "data/nsynth-sample", "--out", str(tmp_path / "e.json")])
+    assert rc == 0, capsys.readouterr().err
+    assert f"{name}: evaluated 100 notes" in capsys.readouterr().out
+    res = json.loads((tmp_path / "e.json").read_text())
+    assert res["notes"] == 100 and sum(res["support"].values()) == 100
+    assert res["accuracy"] > 0.2, "shipped weights are no better than twice chance on the embedded sample"

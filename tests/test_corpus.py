@@ -1,0 +1,158 @@
+"""Corpus renderer: a tiny SoundFont corpus through the CLI, read back with the NSynth readers."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+
+from conftest import N, run_cli
+from nsynth_cnn import corpus, data
+from nsynth_cnn.params import FAMILIES, NSYNTH_FAMILY_NAMES, NSYNTH_SOURCE_NAMES
+
+SF2 = "/usr/share/sounds/sf2/TimGM6mb.sf2"
+NAME_RE = re.compile(r"^(?P<family>[a-z_]+?)_(?P<source>acoustic|electronic|synthetic)_(?P<idx>\d{3})"
+                     r"-(?P<pitch>\d{3})-(?P<velocity>\d{3})$")
+
+needs_renderer = pytest.mark.skipif(
+    importlib.util.find_spec("tinysoundfont") is None or not os.path.isfile(SF2),
+    reason=f"needs tinysoundfont (pip install --no-deps tinysoundfont==0.3.7) and {SF2} "
+           "(apt-get install timgm6mb-soundfont)")
+
+
+def render(out, seed=0, layouts="tfrecord,jsonwav"):
+    proc = run_cli("corpus", "--out", out, "--soundfonts", SF2, "--samples", "--limit-instruments", 12,
+                   "--notes-per-instrument", 2, "--workers", 1, "--seed", seed, "--layouts", layouts,
+                   timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def read_split(folder):
+    audio, meta = data.load_arrays(folder)
+    return {s: (audio[i], {k: v[i] for k, v in meta.items()}) for i, s in enumerate(meta["note_str"])}
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory):
+    out = tmp_path_factory.mktemp("corpus") / "c"
+    proc = render(out)
+    splits = {s: read_split(out / s) for s in corpus.SPLITS if (out / s).is_dir()}
+    return out, proc, splits
+
+
+@needs_renderer
+def test_corpus_notes_follow_nsynth_format(tiny_corpus):
+    out, proc, splits = tiny_corpus
+    assert "train" in splits, proc.stdout
+    total = sum(len(v) for v in splits.values())
+    assert 12 <= total <= 24                     # <= 2 notes for each of 12 instruments; most render
+    for split, notes in splits.items():
+        for note_str, (audio, m) in notes.items():
+            match = NAME_RE.match(note_str)
+            assert match, note_str
+            assert match["family"] == m["instrument_family_str"] and match["family"] in FAMILIES
+            assert match["source"] == m["instrument_source_str"]
+            assert NSYNTH_FAMILY_NAMES[m["instrument_family"]] == m["instrument_family_str"]
+            assert NSYNTH_SOURCE_NAMES[m["instrument_source"]] == m["instrument_source_str"]
+            assert int(match["pitch"]) == m["pitch"] and int(match["velocity"]) == m["velocity"]
+            assert m["velocity"] in corpus.VELOCITIES
+            lo, hi = corpus.FAMILY_PITCH_RANGE[m["instrument_family_str"]]
+            assert lo <= m["pitch"] <= hi
+            assert note_str.startswith(m["instrument_str"] + "-")
+            assert m["sample_rate"] == 16000 and m["label"] == FAMILIES.index(m["instrument_family_str"])
+            assert audio.shape == (N,) and np.all(np.isfinite(audio))
+            peak = np.max(np.abs(audio))
+            assert 1e-3 <= peak <= 0.99 + 1e-6, f"{note_str}: peak {peak}"
+            assert np.abs(audio[:16000]).max() > 1e-3            # the note sounds in its first second
+
+
+@needs_renderer
+def test_corpus_splits_share_no_instrument(tiny_corpus):
+    out, _, splits = tiny_corpus
+    insts = {s: {m["instrument_str"] for _, m in notes.values()} for s, notes in splits.items()}
+    ids = {s: {int(m["instrument"]) for _, m in notes.values()} for s, notes in splits.items()}
+    names = list(insts)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert not insts[a] & insts[b], (a, b)
+            assert not ids[a] & ids[b], (a, b)
+    with open(out / "instruments.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) <= 12
+    for split, found in insts.items():
+        assert found == {r["instrument_str"] for r in rows if r["split"] == split}
+    with open(out / "stats.json") as fh:
+        stats = json.load(fh)["splits"]
+    for split, notes in splits.items():
+        counts = np.bincount([m["label"] for _, m in notes.values()], minlength=10).tolist()
+        assert stats[split]["label_counts"] == counts and stats[split]["notes"] == len(notes)
+        # label_counts() must take the same numbers from the split's stats.json
+        assert data.label_counts(out / split).tolist() == counts
+
+
+@needs_renderer
+def test_corpus_jsonwav_layout_matches_tfrecords(tiny_corpus):
+    out, _, splits = tiny_corpus
+    js = read_split(out / "train" / "jsonwav")
+    assert set(js) == set(splits["train"])
+    for s, (audio, m) in js.items():
+        assert np.max(np.abs(audio - splits["train"][s][0])) <= 1 / 32768
+        assert m["instrument_str"] == splits["train"][s][1]["instrument_str"]
+
+
+@needs_renderer
+def test_corpus_is_deterministic(tiny_corpus, tmp_path):
+    _, _, first = tiny_corpus
+    render(tmp_path / "again", layouts="tfrecord")
+    again = {s: read_split(tmp_path / "again" / s) for s in first}
+    for split in first:
+        assert set(again[split]) == set(first[split])
+        for s, (audio, _) in first[split].items():
+            np.testing.assert_array_equal(again[split][s][0], audio, err_msg=s)
+
+
+@needs_renderer
+def test_seed_picks_the_notes():
+    """Same seed: identical renders; another seed: other pitches/velocities (so the test above can fail)."""
+    inst = corpus.Instrument("TimGM6mb", SF2, 0, "keyboard", "acoustic", "soundfont")
+    a = corpus.render_soundfont(inst, corpus.CorpusParams(notes_per_instrument=2, seed=0))
+    b = corpus.render_soundfont(inst, corpus.CorpusParams(notes_per_instrument=2, seed=0))
+    c = corpus.render_soundfont(inst, corpus.CorpusParams(notes_per_instrument=2, seed=1))
+    assert len(a) == len(b) == len(c) == 2
+    assert [(p, v) for p, v, _ in a] == [(p, v) for p, v, _ in b]
+    for (_, _, x), (_, _, y) in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    assert [(p, v) for p, v, _ in a] != [(p, v) for p, v, _ in c]
+
+
+def test_gm_program_table():
+    assert not set(range(80, 88)) & set(corpus.GM_FAMILY)        # GM synth leads = NSynth's dropped family
+    assert all(fam in FAMILIES for fam, _ in corpus.GM_FAMILY.values())
+    assert all(src in NSYNTH_SOURCE_NAMES for _, src in corpus.GM_FAMILY.values())
+    assert set(corpus.FAMILY_PITCH_RANGE) == set(FAMILIES)
+    assert corpus.note_to_midi("A4") == 69 and corpus.note_to_midi("Cs4") == 61
+    assert corpus.note_to_midi("C-1") == 0 and corpus.note_to_midi("H2") is None
+
+
+def test_release_fade():
+    x = np.ones(70_000, np.float32)
+    y = corpus.release_fade(x)
+    assert y.shape == (N,)
+    np.testing.assert_array_equal(y[:48_000], 1.0)
+    assert y[-1] == 0.0 and np.all(np.diff(y[48_000:]) <= 0)
+
+
+def test_split_is_by_instrument_and_test_sets_held_out():
+    p = corpus.CorpusParams()
+    mk = lambda s, prog: corpus.Instrument(s, "/x.sf2", prog, "keyboard", "acoustic", "soundfont")  # noqa
+    assert corpus.split_of(mk("FluidR3_GM", 0), p) == "test"
+    assert corpus.split_of(mk("MuseScore_General", 5), p) == "test"
+    splits = [corpus.split_of(mk("SomeBank", prog), p) for prog in range(128)]
+    assert set(splits) == {"train", "valid"}
+    assert 0.03 < splits.count("valid") / 128 < 0.3
+    assert splits == [corpus.split_of(mk("SomeBank", prog), p) for prog in range(128)]

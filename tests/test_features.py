@@ -1,0 +1,186 @@
+"""Front-end layers against references and signals with known answers."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import N, SR, shared_path, synth_note, tone
+from nsynth_cnn import features as F
+from nsynth_cnn.params import LogMelParams, WaveformParams
+
+P = LogMelParams()
+LIBROSA_TOL_DB = 0.25        # max |layer - librosa| in dB, over bins above -60 dB re each example's peak
+LIBROSA_FLOOR_DB = -60.0
+
+
+@pytest.fixture(scope="module")
+def log_mel():
+    return F.LogMelSpectrogram(SR, P.fft_length, P.stft_window_samples, P.stft_hop_samples, P.num_mel_bins,
+                               P.mel_min_hz, P.mel_max_hz, P.top_db)
+
+
+def image_db(layer, x) -> np.ndarray:
+    """Layer output (batch, frames, mels, 1) in [-1, 1] -> dB re each example's peak, (batch, frames, mels)."""
+    img = np.asarray(layer(np.asarray(x, np.float32)))[..., 0]
+    return (img - 1.0) * (P.top_db / 2.0)
+
+
+def librosa_db(x: np.ndarray) -> np.ndarray:
+    """Reference: librosa power mel spectrogram (HTK mel, no filter normalisation, Hann, centred frames),
+    then the same per-example dB-relative-to-peak mapping. pad_mode="reflect" because that is how Keras
+    (like torch.stft and librosa < 0.10) pads centred frames; librosa 0.11 defaults to zero padding, which
+    would change only the first and last frame."""
+    import librosa
+    s = librosa.feature.melspectrogram(
+        y=np.asarray(x, np.float32), sr=SR, n_fft=P.fft_length, hop_length=P.stft_hop_samples,
+        win_length=P.stft_window_samples, window="hann", center=True, pad_mode="reflect", power=2.0,
+        n_mels=P.num_mel_bins, fmin=P.mel_min_hz, fmax=P.mel_max_hz, htk=True, norm=None)
+    db = 10.0 * np.log10(np.maximum(s, 1e-10))
+    return np.maximum(db - db.max(), -P.top_db).T          # (frames, mels)
+
+
+def reference_signals() -> np.ndarray:
+    rng = np.random.default_rng(3)
+    t = np.arange(N) / SR
+    chirp = 0.5 * np.sin(2 * np.pi * (50 * t + (7000 - 50) / (2 * 4.0) * t ** 2))
+    return np.stack([synth_note(0, 40, 100), synth_note(2, 84, 50), synth_note(8, 60, 127),
+                     0.1 * rng.standard_normal(N), chirp, tone(1000.0)]).astype(np.float32)
+
+
+def _check_against_librosa(layer, signals):
+    ours = image_db(layer, signals)
+    assert ours.shape == (len(signals), P.num_frames(), P.num_mel_bins)
+    for i, x in enumerate(signals):
+        ref = librosa_db(x)
+        assert ref.shape == ours[i].shape
+        mask = ref > LIBROSA_FLOOR_DB
+        assert mask.sum() >= 50, "test signal too sparse to compare"
+        err = np.abs(ours[i] - ref)[mask]
+        assert err.max() <= LIBROSA_TOL_DB, f"signal {i}: max {err.max():.3f} dB, mean {err.mean():.4f} dB"
+
+
+def test_log_mel_matches_librosa(log_mel):
+    _check_against_librosa(log_mel, reference_signals())
+
+
+def test_log_mel_matches_librosa_on_real_nsynth_notes(log_mel):
+    import soundfile as sf
+    files = sorted(shared_path("nsynth-real", "audio").glob("*.wav"))[::5]
+    _check_against_librosa(log_mel, np.stack([sf.read(f, dtype="float32")[0] for f in files]))
+
+
+def _htk_mel(f):
+    return 2595.0 * np.log10(1.0 + np.asarray(f) / 700.0)
+
+
+def _expected_mel_bin(freq_hz: float) -> int:
+    """Index of the HTK triangular mel filter (30 Hz-8 kHz, 64 bins) that responds most to ``freq_hz``."""
+    edges_mel = np.linspace(_htk_mel(P.mel_min_hz), _htk_mel(P.mel_max_hz), P.num_mel_bins + 2)
+    edges = 700.0 * (10 ** (edges_mel / 2595.0) - 1.0)
+    lo, mid, hi = edges[:-2], edges[1:-1], edges[2:]
+    resp = np.maximum(0.0, np.minimum((freq_hz - lo) / (mid - lo), (hi - freq_hz) / (hi - mid)))
+    return int(np.argmax(resp))
+
+
+@pytest.mark.parametrize("freq_hz", [1000.0, 250.0, 3000.0])
+def test_sine_peaks_in_its_mel_bin(log_mel, freq_hz):
+    db = image_db(log_mel, tone(freq_hz)[None])[0]
+    spectrum = db[5:-5].mean(axis=0)                       # steady-state frames
+    expect = _expected_mel_bin(freq_hz)
+    assert int(np.argmax(spectrum)) == expect
+    assert spectrum[expect] > -1.0                         # the peak is the image's 0 dB point
+    far = np.abs(np.arange(P.num_mel_bins) - expect) > 4
+    assert spectrum[far].max() < -40.0                     # a pure tone leaves distant bins near the floor
+
+
+def test_log_mel_shape_range_and_per_example_scaling(log_mel):
+    a = synth_note(4, 60, 100)
+    loud = 100.0 * tone(200.0)
+    alone = np.asarray(log_mel(a[None]))
+    batched = np.asarray(log_mel(np.stack([a, loud])))
+    assert alone.shape == (1, 126, 64, 1)
+    assert alone.min() >= -1.0 and alone.max() == pytest.approx(1.0)
+    # A note's image must not depend on its batch mates (Keras' own dB option would fail this).
+    np.testing.assert_allclose(batched[0], alone[0], atol=1e-5)
+    # dB relative to the peak: gain does not change the image.
+    np.testing.assert_allclose(np.asarray(log_mel(0.01 * a[None])), alone, atol=2e-3)
+
+
+def test_silence_gives_no_nan(log_mel):
+    x = np.zeros((2, N), np.float32)
+    img = np.asarray(log_mel(x))
+    assert np.all(np.isfinite(img))
+    assert not np.asarray(F.PeakNormalize()(x)).any()      # stays exactly zero, no 0/0
+    assert np.all(np.isfinite(np.asarray(F.AntiAliasDownsample(2)(x))))
+
+
+@pytest.fixture(scope="module")
+def downsample():
+    w = WaveformParams()
+    return F.AntiAliasDownsample(2, w.antialias_taps, w.antialias_cutoff_ratio, w.antialias_kaiser_beta)
+
+
+def _gain_db(layer, freq_hz):
+    x = tone(freq_hz, amp=0.5)
+    y = np.asarray(layer(x[None]))[0, :, 0]
+    assert y.shape == (N // 2,)
+    core = slice(1000, N // 2 - 1000)                      # away from the zero-padded edges
+    rms_in = np.sqrt(np.mean(x[2 * core.start:2 * core.stop] ** 2))
+    return 20 * np.log10(np.sqrt(np.mean(y[core] ** 2)) / rms_in)
+
+
+def test_antialias_passes_1khz(downsample):
+    assert abs(_gain_db(downsample, 1000.0)) < 0.1
+
+
+@pytest.mark.parametrize("freq_hz", [5000.0, 6000.0, 7500.0])
+def test_antialias_attenuates_above_new_nyquist(downsample, freq_hz):
+    # Without the filter, 5 kHz would fold back to 3 kHz at 8 kHz sampling with full amplitude.
+    assert _gain_db(downsample, freq_hz) <= -40.0
+
+
+def test_antialias_keeps_timing(downsample):
+    x = np.zeros((1, N), np.float32)
+    x[0, 10_000] = 1.0
+    y = np.asarray(downsample(x))[0, :, 0]
+    # Symmetric (linear-phase) FIR centred by "same" padding: no delay beyond one output sample.
+    assert abs(int(np.argmax(np.abs(y))) - 5_000) <= 1
+    assert y.sum() == pytest.approx(0.5, abs=0.01)           # unit DC gain; half the samples kept
+
+
+def test_peak_normalize():
+    x = np.stack([tone(300.0, amp=0.01), tone(300.0, amp=0.9)])
+    y = np.asarray(F.PeakNormalize()(x))
+    np.testing.assert_allclose(np.max(np.abs(y), axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(y[0], y[1], atol=1e-5)
+
+
+AUGMENTERS = [
+    lambda: F.RandomTimeShift(1600, seed=1),
+    lambda: F.RandomTilt(seed=2),
+    lambda: F.RandomNoise(20.0, 30.0, probability=1.0, seed=3),
+]
+IMAGE_AUGMENTERS = [lambda: F.RandomMelEQ(seed=4), lambda: F.SpecMask(8, 12, seed=5)]
+
+
+@pytest.mark.parametrize("make", AUGMENTERS + IMAGE_AUGMENTERS)
+def test_augmentation_is_identity_at_inference_and_random_in_training(make, log_mel):
+    layer = make()
+    wave = np.stack([synth_note(1, 60, 100), synth_note(5, 72, 75)])
+    x = wave if layer.__class__ in (F.RandomTimeShift, F.RandomTilt, F.RandomNoise) \
+        else np.asarray(log_mel(wave))
+    np.testing.assert_array_equal(np.asarray(layer(x, training=False)), x)
+    np.testing.assert_array_equal(np.asarray(layer(x)), x)
+    y = np.asarray(layer(x, training=True))
+    assert y.shape == x.shape and np.all(np.isfinite(y))
+    assert not np.allclose(y, x)
+    clone = layer.__class__.from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+
+
+def test_time_shift_delays_with_zeros():
+    x = np.ones((8, 4000), np.float32)
+    y = np.asarray(F.RandomTimeShift(300, seed=0)(x, training=True))
+    lead = (y == 0).argmin(axis=1)                         # zeros before the first kept sample
+    assert np.all(lead <= 300) and lead.max() > 0
+    assert np.all(y.sum(axis=1) == 4000 - lead)
