@@ -64,7 +64,8 @@ def _json_history(csv_path: str) -> dict:
 
 def train(name: str, train_data, valid_data=None, out_dir: str = "weights", p: TrainParams = TrainParams(),
           steps_per_epoch: int | None = None, distribute: str | None = None, xla: bool | None = None,
-          mixed_precision: bool | None = None, verbose: int | None = None, cache: bool = True) -> dict:
+          mixed_precision: bool | None = None, verbose: int | None = None, cache: bool = True,
+          init_from: str | None = None) -> dict:
     """Train one network; returns its history (dict of per-epoch lists). Safe to re-run to resume."""
     import keras
     from . import models
@@ -95,6 +96,9 @@ def train(name: str, train_data, valid_data=None, out_dir: str = "weights", p: T
     scope = strategy.scope() if strategy else _nullcontext()
     with scope:
         model = models.build_model(name, train=p)
+        if init_from:                           # fine-tune: start from a saved model's weights
+            from .evaluate import load_trained
+            model.set_weights(load_trained(name, init_from).get_weights())
         optimizer = keras.optimizers.AdamW(learning_rate=p.learning_rate, weight_decay=p.weight_decay)
         model.compile(optimizer=optimizer,
                       loss=keras.losses.CategoricalCrossentropy(label_smoothing=p.label_smoothing)
@@ -128,7 +132,7 @@ def train(name: str, train_data, valid_data=None, out_dir: str = "weights", p: T
     final = keras.models.load_model(best) if os.path.isfile(best) else model
     _save_atomic(final, weights_path(out_dir, name))
     history = _json_history(csv_path)
-    history["meta"] = {"model": name, "params": dataclasses.asdict(p), "train_data": str(train_data),
+    history["meta"] = {"model": name, "init_from": init_from, "params": dataclasses.asdict(p), "train_data": str(train_data),
                        "valid_data": str(valid_data), "wall_seconds_last_run": round(wall, 1),
                        "gpu": gpu, "keras_backend": keras.backend.backend()}
     with open(history_path(out_dir, name) + ".tmp", "w") as fh:
@@ -180,6 +184,9 @@ def add_parser(sub):
     ap.add_argument("--class-balance", choices=("weights", "none"), default=d.class_balance)
     ap.add_argument("--steps-per-epoch", type=int, default=None, help="fixed steps (quick runs, tests)")
     ap.add_argument("--no-cache", action="store_true", help="do not cache decoded notes in RAM")
+    ap.add_argument("--init-from", default=None, metavar="DIR",
+                    help="start from DIR/<model>_cnn.keras (fine-tuning) instead of random weights")
+    ap.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs)
     ap.add_argument("--distribute", choices=("mirrored",), default=None,
                     help="tf.distribute.MirroredStrategy over all GPUs of this machine")
     ap.add_argument("--xla", choices=("on", "off", "auto"), default="auto", help="XLA compilation")
@@ -189,12 +196,13 @@ def add_parser(sub):
 def _main(args):
     p = dataclasses.replace(TrainParams(), epochs=args.epochs, batch_size=args.batch_size,
                             learning_rate=args.lr, seed=args.seed, early_stopping_patience=args.patience,
-                            shuffle_buffer=args.shuffle_buffer, class_balance=args.class_balance)
+                            shuffle_buffer=args.shuffle_buffer, class_balance=args.class_balance,
+                            warmup_epochs=args.warmup_epochs)
     xla = {"on": True, "off": False, "auto": None}[args.xla]
     import tensorflow as tf
     try:
         hist = train(args.model, args.train, args.valid, args.out, p, args.steps_per_epoch, args.distribute,
-                     xla, cache=not args.no_cache)
+                     xla, cache=not args.no_cache, init_from=args.init_from)
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as err:
         raise data.translate_tf_error(err, args.train) from None
     acc = hist.get("val_accuracy") or hist.get("accuracy") or [float("nan")]
