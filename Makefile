@@ -60,9 +60,11 @@ sample:  ## rebuild data/nsynth-sample (10 notes per family from the corpus test
 	rm -rf data/nsynth-sample
 	$(PYTHON) -c "from nsynth_cnn import corpus; print(corpus.embedded_sample('$(CORPUS)', 'data/nsynth-sample'))"
 
-weights:  ## the shipped weights: both networks on $(CORPUS) (12 epochs, seed 1234), then real-NSynth check
+weights:  ## the shipped weights: both networks on $(CORPUS) (12 epochs, seed 1234; waveform +6 fine-tune), then checks
 	$(PYTHON) -m nsynth_cnn train --model logmel --train $(CORPUS)/train --valid $(CORPUS)/valid --out weights --epochs 12
-	$(PYTHON) -m nsynth_cnn train --model waveform --train $(CORPUS)/train --valid $(CORPUS)/valid --out weights --epochs 12
+	$(PYTHON) -m nsynth_cnn train --model waveform --train $(CORPUS)/train --valid $(CORPUS)/valid --out runs/waveform12 --epochs 12
+	$(PYTHON) -m nsynth_cnn train --model waveform --train $(CORPUS)/train --valid $(CORPUS)/valid --out weights --epochs 6 \
+		--lr 5e-4 --warmup-epochs 0 --init-from runs/waveform12
 	$(PYTHON) -m nsynth_cnn evaluate --data $(CORPUS)/test --weights weights --out weights/evaluation_corpus_test.json
 	if [ -d ../shared/nsynth-real ]; then $(PYTHON) -m nsynth_cnn evaluate --data ../shared/nsynth-real --weights weights --out weights/evaluation_real_nsynth.json; fi
 

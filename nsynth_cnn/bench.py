@@ -120,13 +120,19 @@ class Row:
     seconds: float = float("nan")     # median over runs
     peak_mb: float = float("nan")     # largest peak RSS over runs
     delta_mb: float = float("nan")    # largest (peak - RSS at start) over runs
-    ratio: float | None = None        # vs. the section's reference row
+    ratio: float | None = None        # wall-clock notes/s vs. the section's reference row
     note: str = ""
     runs: int = 0
+    cpu_seconds: float = float("nan")  # median CPU time (all threads of the process) per run
+    cpu_ratio: float | None = None    # notes per CPU-second vs. the reference row
 
     @property
     def notes_per_s(self) -> float:
         return self.notes / self.seconds if self.seconds and self.seconds > 0 else float("nan")
+
+    @property
+    def cpu_ms_per_note(self) -> float:
+        return 1000 * self.cpu_seconds / self.notes if self.notes else float("nan")
 
 
 class Report:
@@ -140,21 +146,25 @@ class Report:
         if not row.notes:
             self.out(f"  {row.name}: {row.note}")
             return row
-        self.out(f"  {row.name}: {_fmt_rate(row)}  peak {row.peak_mb:,.0f} MB (+{row.delta_mb:,.0f})"
-                 + (f"  x{row.ratio:.1f}" if row.ratio is not None else "") + (f"  [{row.note}]" if row.note else ""))
+        self.out(f"  {row.name}: {_fmt_rate(row)}, {row.cpu_ms_per_note:.2f} CPU-ms/note, peak {row.peak_mb:,.0f} MB "
+                 f"(+{row.delta_mb:,.0f})" + (f", x{row.ratio:.1f} wall" if row.ratio is not None else "")
+                 + (f", x{row.cpu_ratio:.1f} CPU" if row.cpu_ratio is not None else "")
+                 + (f"  [{row.note}]" if row.note else ""))
         return row
 
     def table(self) -> str:
         lines = []
-        head = f"{'section':9s} {'case':62s} {'notes/s':>9s} {'ms/note':>8s} {'peak MB':>8s} {'+MB':>6s} {'ratio':>7s}  note"
+        head = (f"{'section':9s} {'case':62s} {'notes/s':>9s} {'ms/note':>9s} {'CPU-ms/note':>11s} {'peak MB':>8s} "
+                f"{'+MB':>6s} {'x wall':>7s} {'x CPU':>7s}  note")
         lines.append(head)
         lines.append("-" * len(head))
         for r in self.rows:
             rate = r.notes_per_s
             ms = 1000.0 / rate if rate == rate and rate > 0 else float("nan")
-            lines.append(f"{r.section:9s} {r.name[:62]:62s} {_num(rate):>9s} {_num(ms, 2):>8s} "
-                         f"{_num(r.peak_mb):>8s} {_num(r.delta_mb):>6s} "
-                         f"{'' if r.ratio is None else f'x{r.ratio:.1f}':>7s}  {r.note}")
+            lines.append(f"{r.section:9s} {r.name[:62]:62s} {_num(rate, 1 if rate < 10 else 0):>9s} {_num(ms, 2):>9s} "
+                         f"{_num(r.cpu_ms_per_note, 2):>11s} {_num(r.peak_mb):>8s} {_num(r.delta_mb):>6s} "
+                         f"{'' if r.ratio is None else f'x{r.ratio:.1f}':>7s} "
+                         f"{'' if r.cpu_ratio is None else f'x{r.cpu_ratio:.1f}':>7s}  {r.note}")
         return "\n".join(lines)
 
     def to_json(self) -> dict:
@@ -175,23 +185,26 @@ def _fmt_rate(row: Row) -> str:
 def measure(report: Report, section: str, cases: list[tuple[str, Callable[[], int]]], repeats: int,
             reference: str | None = None, notes: dict[str, str] | None = None) -> dict[str, Row]:
     """Run each case ``repeats`` times, interleaved (a b c a b c ...); each case returns the notes it did."""
-    times = {name: [] for name, _ in cases}
+    times, cpus = {name: [] for name, _ in cases}, {name: [] for name, _ in cases}
     counts, peaks, deltas = {}, {name: [] for name, _ in cases}, {name: [] for name, _ in cases}
     for _ in range(repeats):
         for name, fn in cases:
             with PeakMemory() as pm:
-                t0 = time.perf_counter()
+                c0, t0 = time.process_time(), time.perf_counter()
                 counts[name] = fn()
                 times[name].append(time.perf_counter() - t0)
+                cpus[name].append(time.process_time() - c0)
             peaks[name].append(pm.peak)
             deltas[name].append(pm.delta)
     rows = {name: Row(section, name, counts[name], statistics.median(times[name]), max(peaks[name]),
-                      max(deltas[name]), note=(notes or {}).get(name, ""), runs=repeats) for name, _ in cases}
+                      max(deltas[name]), note=(notes or {}).get(name, ""), runs=repeats,
+                      cpu_seconds=statistics.median(cpus[name])) for name, _ in cases}
     if reference:
-        ref = rows[reference].notes_per_s
+        ref = rows[reference]
         for name, row in rows.items():
             if name != reference:
-                row.ratio = row.notes_per_s / ref
+                row.ratio = row.notes_per_s / ref.notes_per_s
+                row.cpu_ratio = ref.cpu_ms_per_note / row.cpu_ms_per_note
     for name, _ in cases:
         report.add(rows[name])
     return rows
@@ -407,14 +420,15 @@ def section_inference(report: Report, wd: Workdir, args) -> None:
     measure(report, "inference", cases, args.repeats)
 
 
-def _child_run(cmd: list[str], env: dict) -> tuple[float, float, int, str]:
-    """Wall seconds, peak RSS (MB) and return code of a child process."""
+def _child_run(cmd: list[str], env: dict) -> tuple[float, float, int, str, float]:
+    """Wall seconds, peak RSS (MB), return code, output and CPU seconds of a child process."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     out = proc.stdout.read().decode(errors="replace")
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return time.perf_counter() - t0, usage.ru_maxrss / 1024, proc.returncode, out
+    return (time.perf_counter() - t0, usage.ru_maxrss / 1024, proc.returncode, out,
+            usage.ru_utime + usage.ru_stime)
 
 
 def section_predict(report: Report, wd: Workdir, args) -> None:
@@ -433,7 +447,8 @@ def section_predict(report: Report, wd: Workdir, args) -> None:
             raise RuntimeError(f"predict failed (rc {bad[0][2]}):\n{bad[0][3][-2000:]}")
         report.add(Row("predict", f"cold: python -m nsynth_cnn predict note.wav --model {model}", 1,
                        statistics.median(r[0] for r in runs), max(r[1] for r in runs), float("nan"),
-                       note="child process peak RSS", runs=len(runs)))
+                       note="child process peak RSS", runs=len(runs),
+                       cpu_seconds=statistics.median(r[4] for r in runs)))
     loaded = {n: evaluate.load_trained(n, weights) for n in NETWORKS}
     cases = []
     for model in ("both", *NETWORKS):

@@ -117,7 +117,8 @@ def class_counts(labels, classes=FAMILIES):
 def architecture_table(model):
     """A built or loaded network as a table, one row per stage: front end, each ``blockN``, the head.
 
-    Columns: the layers of the stage, its output shape (without the batch axis) and its parameter count.
+    Columns: the layers of the stage, its convolution as ``filters x kernel / stride`` (and pooling), its
+    output shape (without the batch axis) and its parameter count.
     Augmentation layers (``aug_*``) are marked: they act only during training.
     """
     import pandas as pd
@@ -129,12 +130,11 @@ def architecture_table(model):
     for stage, group in stages.items():
         last = group[-1]
         shape = tuple(last.output.shape[1:]) if hasattr(last, "output") else ()
-        kinds = " -> ".join(type(layer).__name__ for layer in group)
+        kinds = " -> ".join(_short_name(type(layer).__name__) for layer in group)
         if stage.startswith("aug"):
             kinds += " (training only)"
         conv = next((layer for layer in group if hasattr(layer, "filters")), None)
-        detail = "" if conv is None else (f"{conv.filters} filters, kernel {_dims(conv.kernel_size)}, "
-                                          f"stride {_dims(conv.strides)}")
+        detail = "" if conv is None else f"{conv.filters} x {_dims(conv.kernel_size)} / {_dims(conv.strides)}"
         pool = next((getattr(layer, "pool_size", None) or getattr(layer, "pool", None) for layer in group
                      if hasattr(layer, "pool_size") or isinstance(getattr(layer, "pool", None), int)), None)
         detail += f", pool {_dims(pool)}" if pool else ""
@@ -143,6 +143,13 @@ def architecture_table(model):
     df = pd.DataFrame(rows).set_index("stage")
     df.loc["total"] = ["", "", "", model.count_params()]
     return df
+
+
+def _short_name(cls: str) -> str:
+    for long, short in (("BatchNormalization", "BN"), ("GlobalAveragePooling", "GlobalAvgPool"),
+                        ("MaxPooling", "MaxPool")):
+        cls = cls.replace(long, short)
+    return cls
 
 
 def _dims(v) -> str:
@@ -196,8 +203,8 @@ def params_table(*param_objects):
 
 
 # ----------------------------------------------------------------------------------------------- deliverable
-ZIP_CONTENT = ("project1.ipynb", "README.md", "requirements.txt", "nsynth_cnn", "weights", "data/nsynth-sample",
-               "figures", "report/project1.html", "report/project1.pdf")
+ZIP_CONTENT = ("project1.ipynb", "README.md", "requirements.txt", "nsynth_cnn", "weights", "data/README.md",
+               "data/nsynth-sample", "figures", "report/project1.html", "report/project1.pdf")
 ZIP_REQUIRED = ("project1.ipynb", "README.md", "requirements.txt", "nsynth_cnn", "weights/waveform_cnn.keras",
                 "weights/logmel_cnn.keras")
 

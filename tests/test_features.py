@@ -155,20 +155,24 @@ def test_peak_normalize():
     np.testing.assert_allclose(y[0], y[1], atol=1e-5)
 
 
-AUGMENTERS = [
-    lambda: F.RandomTimeShift(1600, seed=1),
-    lambda: F.RandomTilt(seed=2),
-    lambda: F.RandomNoise(20.0, 30.0, probability=1.0, seed=3),
-]
-IMAGE_AUGMENTERS = [lambda: F.RandomMelEQ(seed=4), lambda: F.SpecMask(8, 12, seed=5)]
+WAVE_AUGMENTERS = {
+    "time_shift": lambda: F.RandomTimeShift(1600, seed=1),
+    "tilt": lambda: F.RandomTilt(seed=2),
+    "noise": lambda: F.RandomNoise(20.0, 30.0, probability=1.0, seed=3),
+    "release": lambda: F.RandomRelease(48_000, SR, 0.01, 0.5, probability=1.0, seed=6),
+}
+IMAGE_AUGMENTERS = {
+    "mel_eq": lambda: F.RandomMelEQ(seed=4),
+    "spec_mask": lambda: F.SpecMask(8, 12, seed=5),
+    "freq_shift": lambda: F.RandomFreqShift(3, seed=7),
+}
 
 
-@pytest.mark.parametrize("make", AUGMENTERS + IMAGE_AUGMENTERS)
-def test_augmentation_is_identity_at_inference_and_random_in_training(make, log_mel):
-    layer = make()
-    wave = np.stack([synth_note(1, 60, 100), synth_note(5, 72, 75)])
-    x = wave if layer.__class__ in (F.RandomTimeShift, F.RandomTilt, F.RandomNoise) \
-        else np.asarray(log_mel(wave))
+@pytest.mark.parametrize("kind", list(WAVE_AUGMENTERS) + list(IMAGE_AUGMENTERS))
+def test_augmentation_is_identity_at_inference_and_random_in_training(kind, log_mel):
+    layer = {**WAVE_AUGMENTERS, **IMAGE_AUGMENTERS}[kind]()
+    wave = np.stack([synth_note(1, 60, 100), synth_note(5, 72, 75), synth_note(7, 50, 25)])
+    x = wave if kind in WAVE_AUGMENTERS else np.asarray(log_mel(wave))
     np.testing.assert_array_equal(np.asarray(layer(x, training=False)), x)
     np.testing.assert_array_equal(np.asarray(layer(x)), x)
     y = np.asarray(layer(x, training=True))
@@ -184,3 +188,21 @@ def test_time_shift_delays_with_zeros():
     lead = (y == 0).argmin(axis=1)                         # zeros before the first kept sample
     assert np.all(lead <= 300) and lead.max() > 0
     assert np.all(y.sum(axis=1) == 4000 - lead)
+
+
+def test_random_release_only_shapes_the_tail():
+    x = np.ones((4, 2000), np.float32)
+    y = np.asarray(F.RandomRelease(1000, 1000, 0.01, 0.5, probability=1.0, seed=0)(x, training=True))
+    np.testing.assert_array_equal(y[:, :1001], 1.0)                # untouched up to note-off
+    assert np.all(np.diff(y[:, 1000:], axis=1) <= 0)               # then a monotonic decay
+    tau = -1.0 / (1000 * np.log(y[:, 1001]))                       # seconds, from one 1 ms sample of decay
+    assert np.all((tau > 0.009) & (tau < 0.51))
+
+
+def test_log_band_energy_known_values():
+    x = np.zeros((1, 9, 2), np.float32)
+    x[0, :4, 0] = [1.0, -1.0, 3.0, -3.0]                           # mean |x| = 2 over the first pool
+    x[0, 4:8, 1] = 0.5
+    y = np.asarray(F.LogBandEnergy(4, floor=1e-4)(x))
+    assert y.shape == (1, 2, 2)                                    # the 9th frame is dropped
+    np.testing.assert_allclose(y[0], np.log(np.array([[2.0, 0.0], [0.0, 0.5]]) + 1e-4), rtol=1e-6)
