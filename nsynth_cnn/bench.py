@@ -415,7 +415,16 @@ def section_inference(report: Report, wd: Workdir, args) -> None:
 
         def streamed(model=model) -> int:
             return len(evaluate.predict_source(model, rec, batch_size=args.batch_size).labels)
+        xla_model = models.build_model(name)
+        xla_model.compile(jit_compile=True)
+        xla_model.predict_on_batch(x)
+
+        def in_memory_xla(model=xla_model) -> int:
+            for _ in range(batches):
+                model.predict_on_batch(x)
+            return batches * len(x)
         cases += [(f"{name}: model.predict_on_batch, in-memory batches", in_memory),
+                  (f"{name}: same, model compiled with XLA (jit_compile=True)", in_memory_xla),
                   (f"{name}: evaluate.predict_source from the TFRecord", streamed)]
     measure(report, "inference", cases, args.repeats)
 
