@@ -514,16 +514,19 @@ def section_train(report: Report, wd: Workdir | None, args) -> None:
                 for _ in range(args.warmup_steps):
                     model.train_on_batch(x, y, sample_weight=w)
 
-                def steps(model=model) -> int:
+                last = {}
+
+                def steps(model=model, last=last) -> int:
                     for _ in range(args.train_steps):
-                        model.train_on_batch(x, y, sample_weight=w)
+                        last["loss"] = model.train_on_batch(x, y, sample_weight=w)
                     return args.train_steps * b
                 xla_name = {True: "XLA on", False: "XLA off", "auto": "XLA " + (
                     "on" if backend == "jax" else "auto")}[xla]
                 row = measure(report, "train", [(f"{name}: train_on_batch ({backend}, {xla_name})", steps)],
                               1)[f"{name}: train_on_batch ({backend}, {xla_name})"]
                 epoch = FULL_NSYNTH_TRAIN_NOTES / row.notes_per_s
-                row.note = f"full-NSynth epoch ~{_hms(epoch)}"
+                loss = float(np.ravel(np.asarray(last["loss"], dtype=np.float64))[0])
+                row.note = f"full-NSynth epoch ~{_hms(epoch)}; last loss {loss:.3f}"
                 report.out(f"    -> one epoch of {FULL_NSYNTH_TRAIN_NOTES:,} notes ~ {_hms(epoch)}")
                 del model
                 keras.backend.clear_session()

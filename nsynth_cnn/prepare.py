@@ -167,7 +167,6 @@ def prepare_elements(elements: Iterable[tuple[Mapping[str, Any], np.ndarray]], o
     writers = [tf.io.TFRecordWriter(b) for b in buckets]
     counts = np.zeros(NUM_CLASSES, np.int64)
     shard_notes = np.zeros(shards, np.int64)
-    dropped = 0
     start = last = time.time()
     n = 0
     try:
@@ -175,8 +174,7 @@ def prepare_elements(elements: Iterable[tuple[Mapping[str, Any], np.ndarray]], o
         for element, pcm in elements:
             label = nsynth_family_to_label(int(element["instrument_family"]))
             if label < 0:
-                dropped += 1
-                continue
+                continue                  # synth_lead (the readers drop it anyway)
             try:
                 s = next(targets)
             except StopIteration:
@@ -212,7 +210,7 @@ def prepare_elements(elements: Iterable[tuple[Mapping[str, Any], np.ndarray]], o
     pass2 = time.time() - start - pass1
     total_bytes = sum(os.path.getsize(os.path.join(out, f)) for f in files)
     stats = {"notes": int(n), "label_counts": counts.tolist(), "families": list(FAMILIES),
-             "shard_notes": shard_notes.tolist(), "dropped_synth_lead": int(dropped)}
+             "shard_notes": shard_notes.tolist()}
     _write_json(os.path.join(out, STATS_FILE), stats)
     _write_json(os.path.join(out, PREPARED_MARKER), {
         "format": FORMAT, "source": str(source), "notes": int(n), "shards": shards, "files": files,
@@ -239,6 +237,8 @@ def prepare(src, out: str, shards: int | None = None, *, seed: int = 0, overwrit
     if kind == "tfrecord" and is_prepared(files) and os.path.realpath(os.path.dirname(files[0])) == \
             os.path.realpath(out):
         raise data.DataError(f"--src and --out are the same prepared folder {out!r}.")
+    if shards is not None and shards < 1:
+        raise data.DataError(f"--shards must be >= 1 (got {shards}).")
     size = source_bytes(src)
     if shards is None:
         shards = auto_shards(size, float_source=not (kind == "tfrecord" and is_prepared(files)))

@@ -30,7 +30,7 @@ def ordered_file(tmp_path_factory, ordered_notes):
 def prepared_dir(tmp_path_factory, ordered_file):
     out = tmp_path_factory.mktemp("prep") / "prepared"
     stats = prepare.prepare(ordered_file, str(out), shards=4, seed=0, log=None)
-    assert stats["notes"] == 60 and stats["shards"] == 4 and stats["dropped_synth_lead"] == PER_FAMILY
+    assert stats["notes"] == 60 and stats["shards"] == 4     # synth_lead not copied
     return out
 
 
