@@ -146,23 +146,25 @@ class Report:
         if not row.notes:
             self.out(f"  {row.name}: {row.note}")
             return row
-        self.out(f"  {row.name}: {_fmt_rate(row)}, {row.cpu_ms_per_note:.2f} CPU-ms/note, peak {row.peak_mb:,.0f} MB "
-                 f"(+{row.delta_mb:,.0f})" + (f", x{row.ratio:.1f} wall" if row.ratio is not None else "")
+        self.out(f"  {row.name}: {_fmt_rate(row)}, {row.cpu_ms_per_note:.2f} CPU-ms/note, "
+                 f"peak {row.peak_mb:,.0f} MB (+{row.delta_mb:,.0f})"
+                 + (f", x{row.ratio:.1f} wall" if row.ratio is not None else "")
                  + (f", x{row.cpu_ratio:.1f} CPU" if row.cpu_ratio is not None else "")
                  + (f"  [{row.note}]" if row.note else ""))
         return row
 
     def table(self) -> str:
         lines = []
-        head = (f"{'section':9s} {'case':62s} {'notes/s':>9s} {'ms/note':>9s} {'CPU-ms/note':>11s} {'peak MB':>8s} "
-                f"{'+MB':>6s} {'x wall':>7s} {'x CPU':>7s}  note")
+        head = (f"{'section':9s} {'case':62s} {'notes/s':>9s} {'ms/note':>9s} {'CPU-ms/note':>11s} "
+                f"{'peak MB':>8s} {'+MB':>6s} {'x wall':>7s} {'x CPU':>7s}  note")
         lines.append(head)
         lines.append("-" * len(head))
         for r in self.rows:
             rate = r.notes_per_s
             ms = 1000.0 / rate if rate == rate and rate > 0 else float("nan")
-            lines.append(f"{r.section:9s} {r.name[:62]:62s} {_num(rate, 1 if rate < 10 else 0):>9s} {_num(ms, 2):>9s} "
-                         f"{_num(r.cpu_ms_per_note, 2):>11s} {_num(r.peak_mb):>8s} {_num(r.delta_mb):>6s} "
+            lines.append(f"{r.section:9s} {r.name[:62]:62s} {_num(rate, 1 if rate < 10 else 0):>9s} "
+                         f"{_num(ms, 2):>9s} {_num(r.cpu_ms_per_note, 2):>11s} {_num(r.peak_mb):>8s} "
+                         f"{_num(r.delta_mb):>6s} "
                          f"{'' if r.ratio is None else f'x{r.ratio:.1f}':>7s} "
                          f"{'' if r.cpu_ratio is None else f'x{r.cpu_ratio:.1f}':>7s}  {r.note}")
         return "\n".join(lines)
@@ -389,14 +391,15 @@ def section_pipeline(report: Report, wd: Workdir, args) -> None:
         cases.append((f"tf.data read+parse+batch, {label}", _tfdata_case(path, args.batch_size)))
         for name in NETWORKS:
             fe = "PeakNormalize+AntiAliasDownsample" if name == "waveform" else "PeakNormalize+LogMelSpectrogram"
-            cases.append((f"  + {name} front end ({fe}), {label}", _tfdata_case(path, args.batch_size, fronts[name])))
+            cases.append((f"  + {name} front end ({fe}), {label}",
+                          _tfdata_case(path, args.batch_size, fronts[name])))
             if path == rec:
                 cases.append((f"  + {name} front end, XLA, {label}", _tfdata_case(path, args.batch_size,
                                                                                   fronts_xla[name])))
     measure(report, "pipeline", cases, args.repeats, reference=base)
 
 
-# ----------------------------------------------------------------------------------------------- (3) inference, predict
+# ----------------------------------------------------------------------------------------------- (3) inference
 def section_inference(report: Report, wd: Workdir, args) -> None:
     from . import evaluate, models
     report.out(f"\n[inference] batched CPU inference, batch {args.batch_size}")
@@ -635,8 +638,8 @@ def section_scale(report: Report, wd: Workdir, args) -> None:
         for mode in ("cold", "warm"):
             if mode == "cold":
                 _drop_page_cache(shard_files[:k])
-            ds = data.training_dataset(sub, batch_size=args.batch_size, shuffle_buffer=TrainParams().shuffle_buffer,
-                                       seed=0, cache=False)
+            ds = data.training_dataset(sub, batch_size=args.batch_size, seed=0, cache=False,
+                                       shuffle_buffer=TrainParams().shuffle_buffer)
 
             def epoch(ds=ds) -> int:
                 n = 0
@@ -721,7 +724,8 @@ def run(args, out=print) -> Report:
     report.info.update({k: v for k, v in machine_info().items() if k in ("tensorflow", "jax", "librosa")})
     report.info["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     report.info["tensorflow_imported"] = sys.modules.get("tensorflow") is not None
-    if args.backend_agnostic and report.info["keras_backend"] != "tensorflow" and report.info["tensorflow_imported"]:
+    if args.backend_agnostic and report.info["keras_backend"] != "tensorflow" and \
+            report.info["tensorflow_imported"]:
         out("warning: TensorFlow was imported on the --backend-agnostic path")
     out("\n" + report.table())
     out(f"\nload average at start {report.info['loadavg_start']}, at end {report.info['loadavg_end']}")

@@ -270,5 +270,5 @@ def _main(args):
     print(f"prepared {stats['notes']} notes into {stats['shards']} shards in {args.out} "
           f"({stats['bytes'] / 1e9:.2f} GB, {stats['seconds']:.0f} s); notes per family: "
           + ", ".join(f"{f}={c}" for f, c in zip(FAMILIES, stats["label_counts"])))
-    print(f"train on it with: python -m nsynth_cnn train --model logmel --train {args.out} --no-cache ...")
+    print(f"train on it with: python -m nsynth_cnn train --model logmel --train {args.out} --valid ...")
     return 0
