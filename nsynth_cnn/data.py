@@ -100,14 +100,21 @@ def resolve_source(path: str | os.PathLike) -> tuple[str, list[str]]:
     return "tfrecord", [path]
 
 
-def tfrecord_dataset(files: list[str], *, parallel_reads: int | None = None):
-    """Parsed, synth_lead-filtered elements from NSynth TFRecord files (parallel reads and parsing)."""
+def tfrecord_dataset(files: list[str], *, parallel_reads: int | None = None, shuffle_seed: int | None = None):
+    """Parsed, synth_lead-filtered elements from NSynth TFRecord files (parallel reads and parsing).
+
+    With ``shuffle_seed`` (training) the file order is shuffled and records of up to 16 files are
+    interleaved one at a time, without a fixed output order; otherwise the order is deterministic.
+    """
     tf = _tf()
     auto = tf.data.AUTOTUNE
     files_ds = tf.data.Dataset.from_tensor_slices(files)
+    if shuffle_seed is not None:
+        files_ds = files_ds.shuffle(len(files), seed=shuffle_seed)
     ds = files_ds.interleave(
         lambda f: tf.data.TFRecordDataset(f, compression_type=_compression(f), buffer_size=8 << 20),
-        cycle_length=parallel_reads or min(len(files), 8), num_parallel_calls=auto, deterministic=True)
+        cycle_length=parallel_reads or min(len(files), 16 if shuffle_seed is not None else 8), block_length=1,
+        num_parallel_calls=auto, deterministic=shuffle_seed is None)
     ds = ds.map(record_parser(files), num_parallel_calls=auto)
     return ds.filter(lambda e: e["label"] >= 0)
 
@@ -266,14 +273,7 @@ def training_dataset(path, *, batch_size: int, shuffle_buffer: int, seed: int,
     """
     tf = _tf()
     kind, files = resolve_source(path)
-    if kind == "tfrecord" and len(files) > 1:
-        files_ds = tf.data.Dataset.from_tensor_slices(files).shuffle(len(files), seed=seed)
-        ds = files_ds.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type=_compression(f)),
-                                 cycle_length=min(len(files), 16), block_length=1,
-                                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
-        ds = ds.map(record_parser(files), num_parallel_calls=tf.data.AUTOTUNE).filter(lambda e: e["label"] >= 0)
-    else:
-        ds = nsynth_dataset(path)
+    ds = tfrecord_dataset(files, shuffle_seed=seed) if kind == "tfrecord" else jsonwav_dataset(files[0])
     weights = None if class_weights is None else tf.constant(class_weights, tf.float32)
 
     def to_xy(e):

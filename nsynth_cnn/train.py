@@ -7,6 +7,7 @@ atomically to ``<out>/<model>_cnn.keras``. Mixed precision on a GPU; optional XL
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -93,7 +94,7 @@ def train(name: str, train_data, valid_data=None, out_dir: str = "weights", p: T
         import tensorflow as tf
         strategy = tf.distribute.MirroredStrategy()
         print(f"MirroredStrategy over {strategy.num_replicas_in_sync} device(s)")
-    scope = strategy.scope() if strategy else _nullcontext()
+    scope = strategy.scope() if strategy else contextlib.nullcontext()
     with scope:
         model = models.build_model(name, train=p)
         if init_from:                           # fine-tune: start from a saved model's weights
@@ -130,7 +131,7 @@ def train(name: str, train_data, valid_data=None, out_dir: str = "weights", p: T
               callbacks=callbacks, verbose=verbose)
     wall = time.time() - start
     final = keras.models.load_model(best) if os.path.isfile(best) else model
-    _save_atomic(final, weights_path(out_dir, name))
+    _save_atomic(final, name, weights_path(out_dir, name))
     history = _json_history(csv_path)
     history["meta"] = {"model": name, "init_from": init_from, "params": dataclasses.asdict(p), "train_data": str(train_data),
                        "valid_data": str(valid_data), "wall_seconds_last_run": round(wall, 1),
@@ -149,18 +150,9 @@ def _one_hot(x, y, *w):
     return (x, tf.one_hot(y, len(FAMILIES)), *w)
 
 
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-
-def _save_atomic(model, path: str) -> None:
+def _save_atomic(model, name: str, path: str) -> None:
     """Save an uncompiled copy (weights + architecture, no optimizer state) via a temp file + rename."""
     from . import models
-    name = os.path.basename(path).split("_cnn")[0]
     clean = models.build_model(name)
     clean.set_weights(model.get_weights())
     tmp = path[:-len(".keras")] + ".tmp.keras"
