@@ -54,17 +54,15 @@ soundfonts:  ## install the six Debian SoundFont packages the corpus renders (ne
 	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(SOUNDFONT_PACKAGES)
 
 corpus:  ## render the NSynth-format corpus into $(CORPUS)/ (Debian SoundFonts + ../shared banks and recordings)
-	$(PYTHON) -m nsynth_cnn corpus --out $(CORPUS) --notes-per-instrument 12 --seed 0
+	$(PYTHON) -m nsynth_cnn corpus --out $(CORPUS) --notes-per-instrument 16 --seed 0
 
 sample:  ## rebuild data/nsynth-sample (10 notes per family from the corpus test split, MIT SoundFonts only)
 	rm -rf data/nsynth-sample
 	$(PYTHON) -c "from nsynth_cnn import corpus; print(corpus.embedded_sample('$(CORPUS)', 'data/nsynth-sample'))"
 
-weights:  ## the shipped weights: both networks on $(CORPUS) (12 epochs, seed 1234; waveform +6 fine-tune), then checks
+weights:  ## the shipped weights: both networks on $(CORPUS) (log-mel 12 epochs, waveform 14; seed 1234), then checks
 	$(PYTHON) -m nsynth_cnn train --model logmel --train $(CORPUS)/train --valid $(CORPUS)/valid --out weights --epochs 12
-	$(PYTHON) -m nsynth_cnn train --model waveform --train $(CORPUS)/train --valid $(CORPUS)/valid --out runs/waveform12 --epochs 12
-	$(PYTHON) -m nsynth_cnn train --model waveform --train $(CORPUS)/train --valid $(CORPUS)/valid --out weights --epochs 6 \
-		--lr 5e-4 --warmup-epochs 0 --init-from runs/waveform12
+	$(PYTHON) -m nsynth_cnn train --model waveform --train $(CORPUS)/train --valid $(CORPUS)/valid --out weights --epochs 14
 	$(PYTHON) -m nsynth_cnn evaluate --data $(CORPUS)/test --weights weights --out weights/evaluation_corpus_test.json
 	if [ -d ../shared/nsynth-real ]; then $(PYTHON) -m nsynth_cnn evaluate --data ../shared/nsynth-real --weights weights --out weights/evaluation_real_nsynth.json; fi
 

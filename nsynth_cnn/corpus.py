@@ -103,6 +103,7 @@ class CorpusParams:
     reverb_rt60_seconds: tuple[float, float] = (0.2, 1.2)
     reverb_wet: tuple[float, float] = (0.05, 0.5)
     recordings_per_instrument: int = 48  # real recordings are scarce: keep up to this many per folder
+    synth_instruments: int = 300       # procedural electronic/synthetic instruments (synth.py); 0 = none
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +113,7 @@ class Instrument:
     program: int        # GM program (-1 for recordings)
     family: str
     source: str
-    kind: str           # "soundfont" | "recording"
+    kind: str           # "soundfont" | "recording" | "synth"
 
     @property
     def key(self) -> str:
@@ -124,8 +125,10 @@ def _set_name(path: str) -> str:
     return re.sub(r"\.(sf2|sf3)$", "", os.path.basename(path), flags=re.I)
 
 
-def discover(soundfont_paths, sample_paths) -> list[Instrument]:
-    """Every instrument in the given SoundFont files/folders and recording folders, deduplicated."""
+def discover(soundfont_paths, sample_paths, synth_instruments: int = 0) -> list[Instrument]:
+    """Every instrument in the given SoundFont files/folders and recording folders, deduplicated, plus
+    ``synth_instruments`` procedural ones (sample set ``procedural``; family by :func:`synth.family_of`)."""
+    from . import synth
     found, seen = [], set()
     for p in soundfont_paths:
         if os.path.isdir(p):
@@ -155,6 +158,9 @@ def discover(soundfont_paths, sample_paths) -> list[Instrument]:
             if os.path.isdir(folder) and name in PHILHARMONIA_FAMILY:
                 found.append(Instrument("philharmonia", folder, -1, PHILHARMONIA_FAMILY[name], "acoustic",
                                         "recording"))
+    for i in range(synth_instruments):
+        fam = synth.family_of(i)
+        found.append(Instrument("procedural", "procedural", i, fam, synth.SYNTH_FAMILIES[fam][0], "synth"))
     return found
 
 
@@ -223,14 +229,12 @@ def render_soundfont(inst: Instrument, p: CorpusParams) -> list[tuple[int, int, 
     except Exception:
         return []                                  # unreadable file or missing preset: no notes
     rng = _rng(inst, p.seed)
-    lo, hi = FAMILY_PITCH_RANGE[inst.family]
-    lo, hi = min(lo, SHARED_PITCH_RANGE[0]), max(hi, SHARED_PITCH_RANGE[1])
     import soxr
     rate = p.render_rate_hz
     held = int(AUDIO.held_seconds * rate)
     total = int(AUDIO.note_seconds * rate)
     notes, tries = [], 0
-    pitches = rng.permutation(np.arange(lo, hi + 1))
+    pitches = _pitch_order(inst, rng)
     while len(notes) < p.notes_per_instrument and tries < len(pitches):
         pitch, vel = int(pitches[tries]), int(rng.choice(VELOCITIES))
         tries += 1
@@ -247,6 +251,27 @@ def render_soundfont(inst: Instrument, p: CorpusParams) -> list[tuple[int, int, 
         if np.max(np.abs(audio)) < p.min_peak or not np.all(np.isfinite(audio)):
             continue
         notes.append((pitch, vel, _finish(audio, rng, p)))
+    return notes
+
+
+def _pitch_order(inst: Instrument, rng: np.random.Generator) -> np.ndarray:
+    """The family's pitch range widened to SHARED_PITCH_RANGE, in random order (notes are drawn from it)."""
+    lo, hi = FAMILY_PITCH_RANGE[inst.family]
+    lo, hi = min(lo, SHARED_PITCH_RANGE[0]), max(hi, SHARED_PITCH_RANGE[1])
+    return rng.permutation(np.arange(lo, hi + 1))
+
+
+def render_synth(inst: Instrument, p: CorpusParams) -> list[tuple[int, int, np.ndarray]]:
+    """``p.notes_per_instrument`` notes of one procedural instrument (one random patch per instrument)."""
+    from . import synth
+    rng = _rng(inst, p.seed)
+    patch = synth.random_patch(inst.family, rng)
+    notes = []
+    for pitch in _pitch_order(inst, rng)[:p.notes_per_instrument]:
+        vel = int(rng.choice(VELOCITIES))
+        audio = synth.render_note(inst.family, patch, int(pitch), vel, rng)
+        if np.max(np.abs(audio)) >= p.min_peak:
+            notes.append((int(pitch), vel, _finish(audio, rng, p)))
     return notes
 
 
@@ -284,7 +309,7 @@ def render_recordings(inst: Instrument, p: CorpusParams) -> list[tuple[int, int,
 
 def render_instrument(args) -> list[tuple[int, int, np.ndarray]]:
     inst, p = args
-    return render_recordings(inst, p) if inst.kind == "recording" else render_soundfont(inst, p)
+    return {"recording": render_recordings, "synth": render_synth}.get(inst.kind, render_soundfont)(inst, p)
 
 
 # ----------------------------------------------------------------------------------------------- writing
@@ -293,7 +318,7 @@ def build(out_dir: str, soundfont_paths=DEFAULT_SOUNDFONTS, sample_paths=DEFAULT
           limit_instruments: int | None = None, progress: bool = True) -> dict:
     """Render the corpus into ``out_dir/{train,valid,test}``; returns per-split statistics."""
     from tqdm import tqdm
-    instruments = discover(soundfont_paths, sample_paths)
+    instruments = discover(soundfont_paths, sample_paths, p.synth_instruments)
     if not instruments:
         raise data.DataError("No SoundFonts or recordings found. Install the Debian SoundFont packages "
                              "(make setup) or pass --soundfonts/--samples paths.")
@@ -373,6 +398,8 @@ def add_parser(sub):
     ap.add_argument("--samples", nargs="*", default=list(DEFAULT_SAMPLES),
                     help="folders of instrument sub-folders of single-note recordings")
     ap.add_argument("--notes-per-instrument", type=int, default=CorpusParams.notes_per_instrument)
+    ap.add_argument("--synth-instruments", type=int, default=CorpusParams.synth_instruments,
+                    help="procedural organs, synth basses and FM electric pianos to add (0 = none)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--layouts", default="tfrecord,jsonwav", help="comma list: tfrecord,jsonwav")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
@@ -381,7 +408,8 @@ def add_parser(sub):
 
 
 def _main(args):
-    p = CorpusParams(notes_per_instrument=args.notes_per_instrument, seed=args.seed)
+    p = CorpusParams(notes_per_instrument=args.notes_per_instrument, seed=args.seed,
+                     synth_instruments=args.synth_instruments)
     stats = build(args.out, args.soundfonts, args.samples, p, tuple(args.layouts.split(",")), args.workers,
                   args.limit_instruments)
     for split, st in stats.items():

@@ -138,6 +138,70 @@ class LogMelSpectrogram(keras.layers.Layer):
                 "top_db": self.top_db}
 
 
+def gabor_kernels(num_bands: int, kernel_size: int, sample_rate: int, min_hz: float, max_hz: float) -> np.ndarray:
+    """(kernel_size, 1, 2 * num_bands) cosine/sine Gabor pairs at mel-spaced centre frequencies.
+
+    Each band's Gaussian window is as wide in time as its mel band is narrow in frequency (sigma_t =
+    1 / (2 pi sigma_f), sigma_f = half the spacing to the next centre), capped to fit the kernel; kernels are
+    scaled to unit gain at their centre frequency, so band energies start out on a mel-spectrogram scale.
+    """
+    import librosa
+    edges = librosa.mel_frequencies(num_bands + 2, fmin=min_hz, fmax=max_hz, htk=True)
+    centres, spacing = edges[1:-1], np.diff(edges)[1:]
+    t = (np.arange(kernel_size) - (kernel_size - 1) / 2) / sample_rate
+    sigma_t = np.minimum(1.0 / (2 * np.pi * spacing / 2), kernel_size / 6 / sample_rate)
+    win = np.exp(-0.5 * (t[:, None] / sigma_t[None, :]) ** 2)
+    win /= win.sum(axis=0, keepdims=True)
+    arg = 2 * np.pi * centres[None, :] * t[:, None]
+    k = np.concatenate([win * np.cos(arg), win * np.sin(arg)], axis=1) * 2.0
+    return k[:, None, :].astype(np.float32)
+
+
+@_register
+class GaborFilterbank(keras.layers.Layer):
+    """(batch, samples, 1) -> (batch, frames, bands, 1): learnable mel-initialised filterbank, as a log image.
+
+    A strided convolution with ``num_bands`` cosine/sine kernel pairs (initialised as mel-spaced Gabor
+    filters, see :func:`gabor_kernels`, then trained), energy re^2 + im^2 per band, mean over ``pool``
+    frames, then dB relative to each example's peak, floored at ``-top_db`` and mapped to [-1, 1] - the same
+    scale as :class:`LogMelSpectrogram`, so the same spectral augmentations apply. The raw-waveform network's
+    own learned counterpart of a log-mel front end (in the spirit of SincNet/LEAF).
+    """
+
+    def __init__(self, num_bands: int = 64, kernel_size: int = 256, stride: int = 32, pool: int = 4,
+                 sample_rate: int = 8000, min_hz: float = 30.0, max_hz: float = 3900.0, top_db: float = 80.0,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.num_bands, self.kernel_size, self.stride, self.pool = num_bands, kernel_size, stride, pool
+        self.sample_rate, self.min_hz, self.max_hz, self.top_db = sample_rate, min_hz, max_hz, top_db
+
+    def build(self, input_shape):
+        init = gabor_kernels(self.num_bands, self.kernel_size, self.sample_rate, self.min_hz, self.max_hz)
+        self.kernel = self.add_weight(shape=init.shape, initializer=keras.initializers.Constant(init),
+                                      name="kernel", dtype="float32")
+        super().build(input_shape)
+
+    def call(self, x):
+        y = ops.conv(ops.cast(x, "float32"), self.kernel, strides=self.stride, padding="same")
+        power = ops.square(y[..., :self.num_bands]) + ops.square(y[..., self.num_bands:])
+        frames = (ops.shape(power)[1] // self.pool) * self.pool
+        power = ops.mean(ops.reshape(power[:, :frames], (-1, frames // self.pool, self.pool, self.num_bands)),
+                         axis=2)
+        db = 10.0 * ops.log10(ops.maximum(power, 1e-10))
+        db = ops.maximum(db - ops.max(db, axis=(1, 2), keepdims=True), -self.top_db)
+        return ops.cast(ops.expand_dims(db / (self.top_db / 2.0) + 1.0, -1), self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        n = input_shape[1]
+        frames = None if n is None else (-(-n // self.stride)) // self.pool
+        return (input_shape[0], frames, self.num_bands, 1)
+
+    def get_config(self):
+        return {**super().get_config(), "num_bands": self.num_bands, "kernel_size": self.kernel_size,
+                "stride": self.stride, "pool": self.pool, "sample_rate": self.sample_rate,
+                "min_hz": self.min_hz, "max_hz": self.max_hz, "top_db": self.top_db}
+
+
 @_register
 class LogBandEnergy(keras.layers.Layer):
     """(batch, frames, bands) -> (batch, frames // pool, bands): log of the mean magnitude over `pool` frames.

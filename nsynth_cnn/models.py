@@ -15,18 +15,15 @@ from .params import AUDIO, NUM_CLASSES, AugmentParams, LogMelParams, TrainParams
 
 MODEL_NAMES = ("waveform", "logmel")
 
-# (kind, kernel, stride, filters, pool)
-#   "filterbank": linear Conv1D (a learned filterbank) -> |.| -> average-pool by `pool` -> log -> BatchNorm:
-#                 learned log band energies, the waveform counterpart of a log-mel front end;
-#   "conv":       Conv -> BatchNorm -> ReLU, then max-pool by `pool`.
-# Waveform CNN on the 8 kHz signal (32,000 samples); output frames per row in comments.
+# (kind, kernel, stride, filters, pool); "conv" = Conv -> BatchNorm -> ReLU, then max-pool by `pool`.
+# Waveform CNN: 8 kHz signal -> learned mel-initialised filterbank (WaveformParams.filterbank_*: 250 frames of
+# 16 ms x 64 bands) -> 1-D convolutions over time with the bands as channels; output frames in comments.
 WAVEFORM_LAYERS = (
-    ("filterbank", 64, 8, 64, 4),   # 8 ms kernels, 1 ms hop -> 4000 -> 1000 frames (4 ms) of 64 bands
-    ("conv", 3, 1, 96, 2),          # 500
-    ("conv", 3, 1, 128, 2),         # 250
-    ("conv", 3, 1, 192, 2),         # 125
-    ("conv", 3, 1, 256, 2),         # 62
-    ("conv", 3, 1, 256, 1),         # 62, then global pooling
+    ("conv", 3, 1, 96, 2),          # 125
+    ("conv", 3, 1, 128, 2),         # 62
+    ("conv", 3, 1, 192, 2),         # 31
+    ("conv", 3, 1, 256, 2),         # 15
+    ("conv", 3, 1, 256, 1),         # 15, then global pooling
 )
 
 # Log-mel CNN on the (frames, mel bins, 1) image; kernels and pools are (time, frequency).
@@ -51,17 +48,11 @@ def _conv_block(dims: int, kernel, stride, filters, pool, name):
     return block
 
 
-def _filterbank_block(kernel, stride, filters, pool, name):
-    return [layers.Conv1D(filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_conv"),
-            F.LogBandEnergy(pool, name=f"{name}_log_energy"),
-            layers.BatchNormalization(name=f"{name}_bn")]
-
-
 def _walk(table, dims):
-    builders = {"conv": lambda *a: _conv_block(dims, *a), "filterbank": _filterbank_block}
     out = []
     for i, (kind, kernel, stride, filters, pool) in enumerate(table):
-        out += builders[kind](kernel, stride, filters, pool, f"block{i + 1}")
+        assert kind == "conv", kind
+        out += _conv_block(dims, kernel, stride, filters, pool, f"block{i + 1}")
     return out
 
 
@@ -85,14 +76,28 @@ def _waveform_augment(aug: AugmentParams, seed: int):
                           name="aug_noise")]
 
 
+def _spectral_augment(aug: AugmentParams, top_db: float, seed: int):
+    """Augmentation of a (frames, bands, 1) log image in [-1, 1] units (log-mel or learned filterbank)."""
+    return [F.RandomFreqShift(aug.freq_shift_max_bins, seed=seed + 5, name="aug_freq_shift"),
+            F.RandomMelEQ(aug.eq_max_tilt_db, aug.eq_max_bumps_db, top_db, seed=seed + 3, name="aug_mel_eq"),
+            F.SpecMask(aug.spec_freq_mask_bins, aug.spec_time_mask_frames, seed=seed + 4, name="aug_spec_mask")]
+
+
 def build_waveform_cnn(p: WaveformParams = WaveformParams(), aug: AugmentParams | None = AugmentParams(),
-                       train: TrainParams = TrainParams()) -> keras.Model:
-    """Raw-waveform CNN: peak-normalise -> anti-aliased downsampling to ``p.target_rate_hz`` -> 1-D convs."""
+                       train: TrainParams = TrainParams(), top_db: float = 80.0) -> keras.Model:
+    """Raw-waveform CNN: peak-normalise -> anti-aliased downsampling to ``p.target_rate_hz`` -> learned
+    filterbank (log band energies) -> 1-D convs over time."""
     stack = [keras.Input((AUDIO.num_samples,), name="waveform"), F.PeakNormalize(name="peak_normalize")]
     if aug is not None:
         stack += _waveform_augment(aug, train.seed)
     stack += [F.AntiAliasDownsample(p.downsample_factor(), p.antialias_taps, p.antialias_cutoff_ratio,
-                                    p.antialias_kaiser_beta, name="downsample")]
+                                    p.antialias_kaiser_beta, name="downsample"),
+              F.GaborFilterbank(p.filterbank_bands, p.filterbank_kernel_samples, p.filterbank_stride_samples,
+                                p.filterbank_pool, p.target_rate_hz, p.filterbank_min_hz, p.filterbank_max_hz,
+                                top_db, name="filterbank")]
+    if aug is not None:
+        stack += _spectral_augment(aug, top_db, train.seed)
+    stack += [layers.Reshape((-1, p.filterbank_bands), name="bands_as_channels")]
     stack += _walk(WAVEFORM_LAYERS, 1) + _head(1, train.dropout)
     return keras.Sequential(stack, name="waveform_cnn")
 
@@ -107,11 +112,7 @@ def build_logmel_cnn(p: LogMelParams = LogMelParams(), aug: AugmentParams | None
                                   p.stft_hop_samples, p.num_mel_bins, p.mel_min_hz, p.mel_max_hz, p.top_db,
                                   name="log_mel")]
     if aug is not None:
-        stack += [F.RandomFreqShift(aug.freq_shift_max_bins, seed=train.seed + 5, name="aug_freq_shift"),
-                  F.RandomMelEQ(aug.eq_max_tilt_db, aug.eq_max_bumps_db, p.top_db, seed=train.seed + 3,
-                                name="aug_mel_eq"),
-                  F.SpecMask(aug.spec_freq_mask_bins, aug.spec_time_mask_frames, seed=train.seed + 4,
-                             name="aug_spec_mask")]
+        stack += _spectral_augment(aug, p.top_db, train.seed)
     stack += _walk(LOGMEL_LAYERS, 2) + _head(2, train.dropout)
     return keras.Sequential(stack, name="logmel_cnn")
 

@@ -63,6 +63,13 @@ class WaveformParams:
     antialias_taps: int = 63
     antialias_cutoff_ratio: float = 0.9      # cutoff as a fraction of the new Nyquist
     antialias_kaiser_beta: float = 8.0
+    # learned filterbank on the 8 kHz signal (features.GaborFilterbank), mel-initialised:
+    filterbank_bands: int = 64
+    filterbank_kernel_samples: int = 256     # 32 ms: ~30 Hz resolution, enough to separate low bass partials
+    filterbank_stride_samples: int = 32      # 4 ms
+    filterbank_pool: int = 4                 # energies averaged to 16 ms frames: 250 per note
+    filterbank_min_hz: float = 30.0
+    filterbank_max_hz: float = 3_900.0
 
     def downsample_factor(self, audio: AudioParams = AudioParams()) -> int:
         factor, rem = divmod(audio.sample_rate_hz, self.target_rate_hz)

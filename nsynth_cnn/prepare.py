@@ -69,17 +69,12 @@ def prepared_feature_spec() -> dict:
 
 
 def parse_prepared(serialized):
-    """Parse one prepared record into the element dict of :func:`nsynth_cnn.data.parse_serialized`."""
+    """Parse a vector of prepared records into the element dict of :func:`nsynth_cnn.data.parse_serialized`."""
     tf = data._tf()
-    ex = tf.io.parse_single_example(serialized, prepared_feature_spec())
-    out = {k: tf.cast(ex[k], tf.int32) for k in data.INT_FEATURES}
-    out.update({k: ex[k] for k in data.STR_FEATURES})
+    ex = tf.io.parse_example(serialized, prepared_feature_spec())
     pcm = tf.io.decode_raw(ex[AUDIO_KEY], tf.int16, little_endian=True)
-    out["audio"] = tf.reshape(tf.cast(pcm, tf.float32) * (1.0 / PCM_SCALE), [AUDIO.num_samples])
-    out["qualities"] = tf.cast(ex["qualities"], tf.int32)
-    family = tf.clip_by_value(out["instrument_family"], 0, len(data.NSYNTH_FAMILY_NAMES) - 1)
-    out["label"] = tf.gather(tf.constant(data._family_table()), family)
-    return out
+    audio = tf.reshape(tf.cast(pcm, tf.float32) * (1.0 / PCM_SCALE), [-1, AUDIO.num_samples])
+    return data.element_from_parsed(ex, audio)
 
 
 def serialize_prepared(element: Mapping[str, Any], pcm: np.ndarray | None = None) -> bytes:

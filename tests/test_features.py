@@ -206,3 +206,39 @@ def test_log_band_energy_known_values():
     y = np.asarray(F.LogBandEnergy(4, floor=1e-4)(x))
     assert y.shape == (1, 2, 2)                                    # the 9th frame is dropped
     np.testing.assert_allclose(y[0], np.log(np.array([[2.0, 0.0], [0.0, 0.5]]) + 1e-4), rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def filterbank():
+    w = WaveformParams()
+    return F.GaborFilterbank(w.filterbank_bands, w.filterbank_kernel_samples, w.filterbank_stride_samples,
+                             w.filterbank_pool, w.target_rate_hz, w.filterbank_min_hz, w.filterbank_max_hz)
+
+
+@pytest.mark.parametrize("freq_hz", [45.0, 220.0, 1000.0, 3500.0])
+def test_filterbank_sine_peaks_in_its_mel_band(filterbank, freq_hz):
+    """At initialisation the learned filterbank is a mel filterbank: a sine lights the band centred on it."""
+    import librosa
+    w = WaveformParams()
+    rate = w.target_rate_hz
+    x = np.sin(2 * np.pi * freq_hz * np.arange(4 * rate) / rate).astype(np.float32)[None, :, None]
+    img = np.asarray(filterbank(x))[0, 2:-2, :, 0]                 # (frames, bands), edges dropped
+    centres = librosa.mel_frequencies(w.filterbank_bands + 2, fmin=w.filterbank_min_hz,
+                                      fmax=w.filterbank_max_hz, htk=True)[1:-1]
+    band = int(np.argmax(img.mean(axis=0)))
+    assert abs(band - int(np.argmin(np.abs(centres - freq_hz)))) <= 1, (freq_hz, centres[band])
+    far = np.abs(centres - freq_hz) > 4 * freq_hz / 10 + 100
+    assert img.mean(axis=0)[far].max() < img.mean(axis=0)[band] - 40 / 40   # > 40 dB down (1 unit = 40 dB)
+
+
+def test_filterbank_shape_range_gain_invariance_and_silence(filterbank):
+    w = WaveformParams()
+    rate = w.target_rate_hz
+    x = np.random.default_rng(0).standard_normal((2, 4 * rate)).astype(np.float32)[..., None] * 0.1
+    img = np.asarray(filterbank(x))
+    frames = 4 * rate // w.filterbank_stride_samples // w.filterbank_pool
+    assert img.shape == (2, frames, w.filterbank_bands, 1)
+    assert img.max() == pytest.approx(1.0) and img.min() >= -1.0
+    np.testing.assert_allclose(np.asarray(filterbank(0.01 * x)), img, atol=1e-4)   # dB re each note's peak
+    assert np.all(np.isfinite(np.asarray(filterbank(np.zeros_like(x)))))
+    assert filterbank.compute_output_shape((None, 4 * rate, 1)) == (None, frames, w.filterbank_bands, 1)

@@ -77,6 +77,7 @@ def test_front_end_layers(built_models, name):
     else:
         assert models.front_end(model) is None
         assert isinstance(models.front_end(model, "downsample"), F.AntiAliasDownsample)
+        assert isinstance(models.front_end(model, "filterbank"), F.GaborFilterbank)
 
 
 def test_models_are_trainable_one_step(built_models, probe_audio):
