@@ -55,11 +55,16 @@ def _family_table():
                      for i in range(len(NSYNTH_FAMILY_NAMES))], np.int32)
 
 
-def parse_serialized(serialized):
+LEAN_FIELDS = ("audio", "instrument_family")   # all that training needs (audio, label)
+
+
+def parse_serialized(serialized, fields: tuple[str, ...] | None = None):
     """Parse a *vector* of serialized NSynth examples into our element dict of batched tensors (graph
-    code). Parsing a batch at once (``tf.io.parse_example``) costs a fraction of one call per record."""
+    code). Parsing a batch at once (``tf.io.parse_example``) costs a fraction of one call per record;
+    ``fields`` (e.g. :data:`LEAN_FIELDS`) parses only those features."""
     tf = _tf()
-    ex = tf.io.parse_example(serialized, feature_spec())
+    spec = feature_spec()
+    ex = tf.io.parse_example(serialized, spec if fields is None else {k: spec[k] for k in fields})
     return element_from_parsed(ex, ex["audio"])
 
 
@@ -67,10 +72,11 @@ def element_from_parsed(ex: dict, audio):
     """The element dict from parsed (batched) features and the float32 audio: int32 ids, label (-1 for
     synth_lead). Shared by the NSynth parser and the prepared-shard parser."""
     tf = _tf()
-    out = {k: tf.cast(ex[k], tf.int32) for k in INT_FEATURES}
-    out.update({k: ex[k] for k in STR_FEATURES})
+    out = {k: tf.cast(ex[k], tf.int32) for k in INT_FEATURES if k in ex}
+    out.update({k: ex[k] for k in STR_FEATURES if k in ex})
     out["audio"] = audio
-    out["qualities"] = tf.cast(ex["qualities"], tf.int32)
+    if "qualities" in ex:
+        out["qualities"] = tf.cast(ex["qualities"], tf.int32)
     family = tf.clip_by_value(out["instrument_family"], 0, len(NSYNTH_FAMILY_NAMES) - 1)
     out["label"] = tf.gather(tf.constant(_family_table()), family)
     return out
@@ -111,11 +117,13 @@ def resolve_source(path: str | os.PathLike) -> tuple[str, list[str]]:
 PARSE_BATCH = 32   # records parsed per tf.io.parse_example call
 
 
-def tfrecord_dataset(files: list[str], *, parallel_reads: int | None = None, shuffle_seed: int | None = None):
+def tfrecord_dataset(files: list[str], *, parallel_reads: int | None = None, shuffle_seed: int | None = None,
+                     fields: tuple[str, ...] | None = None):
     """Parsed, synth_lead-filtered elements from NSynth TFRecord files (parallel reads and parsing).
 
     With ``shuffle_seed`` (training) the file order is shuffled and records of up to 16 files are
     interleaved one at a time, without a fixed output order; otherwise the order is deterministic.
+    ``fields=LEAN_FIELDS`` parses only the audio and family (elements: audio, instrument_family, label).
     """
     tf = _tf()
     auto = tf.data.AUTOTUNE
@@ -126,7 +134,8 @@ def tfrecord_dataset(files: list[str], *, parallel_reads: int | None = None, shu
         lambda f: tf.data.TFRecordDataset(f, compression_type=_compression(f), buffer_size=8 << 20),
         cycle_length=parallel_reads or min(len(files), 16 if shuffle_seed is not None else 8), block_length=1,
         num_parallel_calls=auto, deterministic=shuffle_seed is None)
-    ds = ds.batch(PARSE_BATCH).map(record_parser(files), num_parallel_calls=auto).unbatch()
+    parser = record_parser(files)
+    ds = ds.batch(PARSE_BATCH).map(lambda s: parser(s, fields), num_parallel_calls=auto).unbatch()
     return ds.filter(lambda e: e["label"] >= 0)
 
 
@@ -284,7 +293,8 @@ def training_dataset(path, *, batch_size: int, shuffle_buffer: int, seed: int,
     """
     tf = _tf()
     kind, files = resolve_source(path)
-    ds = tfrecord_dataset(files, shuffle_seed=seed) if kind == "tfrecord" else jsonwav_dataset(files[0])
+    ds = (tfrecord_dataset(files, shuffle_seed=seed, fields=LEAN_FIELDS) if kind == "tfrecord"
+          else jsonwav_dataset(files[0]))
     weights = None if class_weights is None else tf.constant(class_weights, tf.float32)
 
     def to_xy(e):

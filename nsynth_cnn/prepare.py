@@ -68,10 +68,14 @@ def prepared_feature_spec() -> dict:
     return spec
 
 
-def parse_prepared(serialized):
-    """Parse a vector of prepared records into the element dict of :func:`nsynth_cnn.data.parse_serialized`."""
+def parse_prepared(serialized, fields: tuple[str, ...] | None = None):
+    """Parse a vector of prepared records into the element dict of :func:`nsynth_cnn.data.parse_serialized`
+    (only ``fields``, e.g. ``data.LEAN_FIELDS``, when given)."""
     tf = data._tf()
-    ex = tf.io.parse_example(serialized, prepared_feature_spec())
+    spec = prepared_feature_spec()
+    if fields is not None:
+        spec = {AUDIO_KEY if k == "audio" else k: spec[AUDIO_KEY if k == "audio" else k] for k in fields}
+    ex = tf.io.parse_example(serialized, spec)
     pcm = tf.io.decode_raw(ex[AUDIO_KEY], tf.int16, little_endian=True)
     audio = tf.reshape(tf.cast(pcm, tf.float32) * (1.0 / PCM_SCALE), [-1, AUDIO.num_samples])
     return data.element_from_parsed(ex, audio)

@@ -117,3 +117,16 @@ def test_cli(tmp_path, ordered_file):
     assert res.returncode == 0, res.stderr[-2000:]
     assert "prepared 60 notes into 3 shards" in res.stdout
     assert len(data.resolve_source(out)[1]) == 3
+
+
+@pytest.mark.parametrize("source", ["ordered_file", "prepared_dir"])
+def test_lean_parse_gives_the_same_audio_and_labels(source, request):
+    """Training parses only audio + family (data.LEAN_FIELDS): same notes, audio and labels as the full parse."""
+    path = request.getfixturevalue(source)
+    files = data.resolve_source(path)[1]
+    full = list(data.tfrecord_dataset(files).as_numpy_iterator())
+    lean = list(data.tfrecord_dataset(files, fields=data.LEAN_FIELDS).as_numpy_iterator())
+    assert len(lean) == len(full) == 60 and set(lean[0]) == {"audio", "instrument_family", "label"}
+    for a, b in zip(full, lean):
+        np.testing.assert_array_equal(a["audio"], b["audio"])
+        assert a["label"] == b["label"] and a["instrument_family"] == b["instrument_family"]
