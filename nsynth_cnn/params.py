@@ -67,7 +67,7 @@ class WaveformParams:
     filterbank_bands: int = 64
     filterbank_kernel_samples: int = 256     # 32 ms: ~30 Hz resolution, enough to separate low bass partials
     filterbank_stride_samples: int = 32      # 4 ms
-    filterbank_pool: int = 4                 # energies averaged to 16 ms frames: 250 per note
+    filterbank_pool: int = 8                 # energies averaged to 32 ms frames: 125 per note (as the log-mel hop)
     filterbank_min_hz: float = 30.0
     filterbank_max_hz: float = 3_900.0
 
@@ -107,7 +107,6 @@ class AugmentParams:
     freq_shift_max_bins: int = 3          # random shift of the log-mel image, +- mel bins
     spec_freq_mask_bins: int = 8         # SpecAugment-style masks on the log-mel image
     spec_time_mask_frames: int = 12
-    mixup_alpha: float = 0.0              # 0 disables mixup (done in tf.data when > 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +122,7 @@ class TrainParams:
     class_balance: str = "weights"       # "weights" (loss weights) | "none"
     seed: int = 1234
     dropout: float = 0.3
+    mixup_alpha: float = 0.0             # mixup within batches (train.mixup_batch); 0 = off
 
 
 AUDIO = AudioParams()

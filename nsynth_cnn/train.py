@@ -16,7 +16,6 @@ import shutil
 import sys
 import time
 
-import numpy as np
 
 from . import data
 from .params import FAMILIES, TrainParams
@@ -66,8 +65,12 @@ def _json_history(csv_path: str) -> dict:
 def train(name: str, train_data, valid_data=None, out_dir: str = "weights", p: TrainParams = TrainParams(),
           steps_per_epoch: int | None = None, distribute: str | None = None, xla: bool | None = None,
           mixed_precision: bool | None = None, verbose: int | None = None, cache: bool = True,
-          init_from: str | None = None) -> dict:
-    """Train one network; returns its history (dict of per-epoch lists). Safe to re-run to resume."""
+          init_from: str | None = None, watch: str | None = None) -> dict:
+    """Train one network; returns its history (dict of per-epoch lists). Safe to re-run to resume.
+
+    ``watch``: an extra labelled source (e.g. the real NSynth notes) whose accuracy is logged after every
+    epoch as ``watch_accuracy``: for the experiment log only, never for checkpoint choice or early stopping.
+    """
     import keras
     from . import models
     keras.utils.set_random_seed(p.seed)
@@ -103,12 +106,14 @@ def train(name: str, train_data, valid_data=None, out_dir: str = "weights", p: T
         optimizer = keras.optimizers.AdamW(learning_rate=p.learning_rate, weight_decay=p.weight_decay)
         model.compile(optimizer=optimizer,
                       loss=keras.losses.CategoricalCrossentropy(label_smoothing=p.label_smoothing)
-                      if p.label_smoothing else "sparse_categorical_crossentropy",
+                      if p.label_smoothing or p.mixup_alpha else "sparse_categorical_crossentropy",
                       metrics=["accuracy"], weighted_metrics=[],
                       jit_compile="auto" if xla is None else xla)
-    if p.label_smoothing:
+    if p.label_smoothing or p.mixup_alpha:
         train_ds = train_ds.map(_one_hot)
         valid_ds = valid_ds.map(_one_hot) if valid_ds is not None else None
+    if p.mixup_alpha:
+        train_ds = train_ds.map(lambda *b: mixup_batch(*b, alpha=p.mixup_alpha, seed=p.seed))
 
     monitor = "val_accuracy" if valid_ds is not None else "accuracy"
     best = os.path.join(out_dir, f".{name}_cnn.best.keras")
@@ -116,7 +121,8 @@ def train(name: str, train_data, valid_data=None, out_dir: str = "weights", p: T
     csv_path = history_path(out_dir, name, "csv")
     if not os.path.isdir(backup) and os.path.exists(csv_path):
         os.remove(csv_path)                 # a fresh run: do not append to an old history
-    callbacks = [
+    callbacks = [WatchAccuracy(watch)] if watch else []
+    callbacks += [
         keras.callbacks.BackupAndRestore(backup),
         keras.callbacks.ModelCheckpoint(best, monitor=monitor, save_best_only=True, mode="max"),
         keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=p.early_stopping_patience,
@@ -143,6 +149,37 @@ def train(name: str, train_data, valid_data=None, out_dir: str = "weights", p: T
         os.remove(best)
     shutil.rmtree(backup, ignore_errors=True)
     return history
+
+
+def WatchAccuracy(source: str):
+    """Keras callback: accuracy on ``source`` (read again each epoch: keep it small) in each epoch's logs."""
+    import keras
+
+    from .evaluate import predict_source
+
+    class _Watch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if logs is not None:
+                pred = predict_source(self.model, source)
+                logs["watch_accuracy"] = float((pred.predicted == pred.labels).mean())
+
+    return _Watch()
+
+
+def mixup_batch(x, y, *w, alpha: float, seed: int = 0):
+    """Mixup within a batch: each note is mixed with the batch's reversed order, ``lam ~ Beta(alpha, alpha)``
+    per note (kept >= 0.5 so the first note dominates); one-hot labels and sample weights mixed alike."""
+    import tensorflow as tf
+    n = tf.shape(x)[0]
+    g1 = tf.random.gamma([n], alpha, seed=seed)
+    g2 = tf.random.gamma([n], alpha, seed=seed + 1)
+    lam = g1 / (g1 + g2 + 1e-12)
+    lam = tf.maximum(lam, 1.0 - lam)
+    mix = lambda a: lam[:, None] * a + (1.0 - lam[:, None]) * tf.reverse(a, [0])   # noqa: E731
+    out = (mix(x), mix(y))
+    if w:
+        out += (lam * w[0] + (1.0 - lam) * tf.reverse(w[0], [0]),)
+    return out
 
 
 def _one_hot(x, y, *w):
@@ -182,6 +219,11 @@ def add_parser(sub):
     ap.add_argument("--distribute", choices=("mirrored",), default=None,
                     help="tf.distribute.MirroredStrategy over all GPUs of this machine")
     ap.add_argument("--xla", choices=("on", "off", "auto"), default="auto", help="XLA compilation")
+    ap.add_argument("--mixup", type=float, default=d.mixup_alpha, metavar="ALPHA",
+                    help="mixup within batches, lam ~ Beta(ALPHA, ALPHA); 0 = off")
+    ap.add_argument("--watch", default=None, metavar="PATH",
+                    help="labelled notes whose accuracy is logged per epoch (watch_accuracy; not used to choose "
+                         "the checkpoint), e.g. ../shared/nsynth-real")
     ap.set_defaults(func=_main)
 
 
@@ -189,15 +231,17 @@ def _main(args):
     p = dataclasses.replace(TrainParams(), epochs=args.epochs, batch_size=args.batch_size,
                             learning_rate=args.lr, seed=args.seed, early_stopping_patience=args.patience,
                             shuffle_buffer=args.shuffle_buffer, class_balance=args.class_balance,
-                            warmup_epochs=args.warmup_epochs)
+                            warmup_epochs=args.warmup_epochs, mixup_alpha=args.mixup)
     xla = {"on": True, "off": False, "auto": None}[args.xla]
     import tensorflow as tf
     try:
         hist = train(args.model, args.train, args.valid, args.out, p, args.steps_per_epoch, args.distribute,
-                     xla, cache=not args.no_cache, init_from=args.init_from)
+                     xla, cache=not args.no_cache, init_from=args.init_from,
+                     watch=args.watch)
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as err:
         raise data.translate_tf_error(err, args.train) from None
-    acc = hist.get("val_accuracy") or hist.get("accuracy") or [float("nan")]
-    print(f"saved {weights_path(args.out, args.model)} (best {'val_' if hist.get('val_accuracy') else ''}"
-          f"accuracy {np.nanmax(acc):.3f}) and {history_path(args.out, args.model)}")
+    key = "val_accuracy" if args.valid else "accuracy"
+    acc = [a for a in hist.get(key, []) if a == a] or [float("nan")]      # drop NaN (CSV "NA") entries
+    print(f"saved {weights_path(args.out, args.model)} (best {key} {max(acc):.3f}) and "
+          f"{history_path(args.out, args.model)}")
     return 0

@@ -35,7 +35,8 @@ def trained(workdir):
     out = workdir / "weights"
     proc = run_cli("train", "--model", "logmel", "--train", workdir / "train.tfrecord", "--valid",
                    workdir / "valid", "--out", out, "--epochs", 2, "--steps-per-epoch", 2, "--batch-size", 4,
-                   "--shuffle-buffer", 32, "--xla", "off", timeout=1800)
+                   "--shuffle-buffer", 32, "--xla", "off", "--mixup", 0.4, "--watch", workdir / "valid",
+                   timeout=1800)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return out, proc
 
@@ -50,7 +51,11 @@ def test_train_writes_model_and_history(trained):
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
         assert len(hist[key]) == 2 and all(np.isfinite(hist[key])), key
     assert all(0.0 <= a <= 1.0 for a in hist["val_accuracy"])
+    # --watch: accuracy on an extra labelled set per epoch: 10 notes (the 11th is synth_lead), so k/10
+    assert len(hist["watch_accuracy"]) == 2
+    assert all(abs(a * 10 - round(a * 10)) < 1e-6 and 0 <= a <= 1 for a in hist["watch_accuracy"])
     assert hist["meta"]["model"] == "logmel" and hist["meta"]["params"]["batch_size"] == 4
+    assert hist["meta"]["params"]["mixup_alpha"] == 0.4
     assert not list(out.glob(".logmel_cnn*")), "checkpoint/backup leftovers after a finished run"
     model = keras.models.load_model(out / "logmel_cnn.keras")
     assert tuple(model.input_shape) == (None, N) and tuple(model.output_shape) == (None, 10)

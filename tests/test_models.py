@@ -68,6 +68,7 @@ def test_inference_is_deterministic_and_gain_invariant(built_models, probe_audio
 
 @pytest.mark.parametrize("name", NAMES)
 def test_front_end_layers(built_models, name):
+    import keras
     model = built_models[name]
     kinds = {type(layer) for layer in model.layers}
     assert F.PeakNormalize in kinds
@@ -77,7 +78,11 @@ def test_front_end_layers(built_models, name):
     else:
         assert models.front_end(model) is None
         assert isinstance(models.front_end(model, "downsample"), F.AntiAliasDownsample)
-        assert isinstance(models.front_end(model, "filterbank"), F.GaborFilterbank)
+        fb = models.front_end(model, "filterbank")
+        assert isinstance(fb, F.GaborFilterbank)
+        # the learned filterbank gives a (time, band) image on the log-mel's 32 ms grid, read by 2-D convs
+        assert fb.output.shape[1:] == (125, 64, 1)
+        assert isinstance(models.front_end(model, "block1_conv"), keras.layers.Conv2D)
 
 
 def test_models_are_trainable_one_step(built_models, probe_audio):

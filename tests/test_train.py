@@ -1,0 +1,43 @@
+"""Training helpers on inputs whose answers are known: mixup and the learning-rate schedule."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nsynth_cnn import train
+from nsynth_cnn.params import TrainParams
+
+
+def test_mixup_mixes_audio_labels_and_weights_alike():
+    import tensorflow as tf
+    n, k = 8, 10
+    x = np.stack([np.full(16, i, np.float32) for i in range(n)])          # note i is the constant i
+    y = np.eye(k, dtype=np.float32)[np.arange(n) % k]
+    w = np.arange(1, n + 1, dtype=np.float32)
+    xm, ym, wm = (np.asarray(t) for t in train.mixup_batch(tf.constant(x), tf.constant(y), tf.constant(w),
+                                                            alpha=0.4, seed=3))
+    partner = np.arange(n)[::-1]                                          # each note is mixed with its mirror
+    lam = ym[np.arange(n), np.arange(n) % k]                              # weight of the note's own label
+    assert np.all(lam >= 0.5 - 1e-6) and np.all(lam <= 1.0 + 1e-6)
+    np.testing.assert_allclose(ym.sum(axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(xm[:, 0], lam * np.arange(n) + (1 - lam) * partner, atol=1e-4)
+    np.testing.assert_allclose(wm, lam * w + (1 - lam) * w[partner], atol=1e-4)
+    assert np.all(xm == xm[:, :1])                                        # the same lam for the whole note
+    assert not np.allclose(lam, 1.0)                                      # alpha 0.4 really mixes
+
+
+def test_mixup_without_sample_weights_returns_a_pair():
+    import tensorflow as tf
+    out = train.mixup_batch(tf.zeros((4, 8)), tf.one_hot([0, 1, 2, 3], 10), alpha=1.0)
+    assert len(out) == 2
+
+
+@pytest.mark.parametrize("epochs", [5, 30])
+def test_lr_schedule_warms_up_then_decays_to_one_percent(epochs):
+    p = TrainParams(learning_rate=1e-3, warmup_epochs=1)
+    fn = train.lr_schedule(p, epochs)
+    lrs = [fn(e) for e in range(epochs)]
+    assert lrs[0] == pytest.approx(5e-4)                                  # (0 + 1) / (1 + 1) of the peak
+    assert lrs[1] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[1:], lrs[2:]))
+    assert fn(epochs) == pytest.approx(1e-5)
