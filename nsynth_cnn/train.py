@@ -8,6 +8,7 @@ atomically to ``<out>/<model>_cnn.keras``. Mixed precision on a GPU; optional XL
 from __future__ import annotations
 
 import contextlib
+import csv
 import dataclasses
 import json
 import math
@@ -15,7 +16,7 @@ import os
 import shutil
 import sys
 import time
-
+import warnings
 
 from . import data
 from .params import FAMILIES, TrainParams
@@ -121,20 +122,27 @@ def train(name: str, train_data, valid_data=None, out_dir: str = "weights", p: T
     csv_path = history_path(out_dir, name, "csv")
     if not os.path.isdir(backup) and os.path.exists(csv_path):
         os.remove(csv_path)                 # a fresh run: do not append to an old history
+    checkpoint = keras.callbacks.ModelCheckpoint(best, monitor=monitor, save_best_only=True, mode="max")
+    stopping = keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=p.early_stopping_patience,
+                                             restore_best_weights=True)
+    resumed_best = _best_so_far(csv_path, monitor) if os.path.isdir(backup) and os.path.isfile(best) else None
+    if resumed_best is not None:            # a resumed run: only beat the best epoch before the interruption
+        checkpoint.best = resumed_best
     callbacks = [WatchAccuracy(watch)] if watch else []
     callbacks += [
         keras.callbacks.BackupAndRestore(backup),
-        keras.callbacks.ModelCheckpoint(best, monitor=monitor, save_best_only=True, mode="max"),
-        keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=p.early_stopping_patience,
-                                      restore_best_weights=True),
+        checkpoint,
+        stopping,
         keras.callbacks.LearningRateScheduler(lr_schedule(p, p.epochs)),
         keras.callbacks.CSVLogger(csv_path, append=True),
     ]
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2     # one line per epoch in logs
     start = time.time()
-    model.fit(train_ds, validation_data=valid_ds, epochs=p.epochs, steps_per_epoch=steps_per_epoch,
-              callbacks=callbacks, verbose=verbose)
+    with warnings.catch_warnings():         # an un-repeated dataset ends each epoch by running out: expected
+        warnings.filterwarnings("ignore", message="Your input ran out of data")
+        model.fit(train_ds, validation_data=valid_ds, epochs=p.epochs, steps_per_epoch=steps_per_epoch,
+                  callbacks=callbacks, verbose=verbose, shuffle=False)   # tf.data shuffles the notes itself
     wall = time.time() - start
     final = keras.models.load_model(best) if os.path.isfile(best) else model
     _save_atomic(final, name, weights_path(out_dir, name))
@@ -149,6 +157,15 @@ def train(name: str, train_data, valid_data=None, out_dir: str = "weights", p: T
         os.remove(best)
     shutil.rmtree(backup, ignore_errors=True)
     return history
+
+
+def _best_so_far(csv_path: str, monitor: str) -> float | None:
+    """Highest ``monitor`` value in an interrupted run's CSV history (None when there is none)."""
+    if not os.path.isfile(csv_path):
+        return None
+    with open(csv_path) as fh:
+        values = [float(row[monitor]) for row in csv.DictReader(fh) if row.get(monitor)]
+    return max(values, default=None)
 
 
 def WatchAccuracy(source: str):

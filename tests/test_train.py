@@ -1,4 +1,4 @@
-"""Training helpers on inputs whose answers are known: mixup and the learning-rate schedule."""
+"""Training helpers on inputs whose answers are known: mixup, the learning-rate schedule, resume."""
 from __future__ import annotations
 
 import numpy as np
@@ -41,3 +41,12 @@ def test_lr_schedule_warms_up_then_decays_to_one_percent(epochs):
     assert lrs[1] == pytest.approx(1e-3)
     assert all(a >= b for a, b in zip(lrs[1:], lrs[2:]))
     assert fn(epochs) == pytest.approx(1e-5)
+
+
+def test_best_so_far_reads_an_interrupted_runs_history(tmp_path):
+    """A resumed run keeps the pre-interruption best checkpoint unless a later epoch beats it."""
+    csv_path = tmp_path / "logmel_cnn_history.csv"
+    assert train._best_so_far(str(csv_path), "val_accuracy") is None
+    csv_path.write_text("epoch,accuracy,val_accuracy\n0,0.4,0.44\n1,0.5,0.57\n2,0.6,0.55\n")
+    assert train._best_so_far(str(csv_path), "val_accuracy") == pytest.approx(0.57)
+    assert train._best_so_far(str(csv_path), "accuracy") == pytest.approx(0.6)
