@@ -49,7 +49,9 @@ NSYNTH_TEST_NOTES = 4_096
 SECTIONS = ("pipeline", "inference", "predict", "train", "shuffle", "memory", "scale")
 DEFAULT_SECTIONS = ("pipeline", "inference", "predict", "train", "shuffle", "memory")
 NETWORKS = ("waveform", "logmel")
-FRONT_END_LAYERS = {"waveform": ("peak_normalize", "downsample"), "logmel": ("peak_normalize", "log_mel")}
+# the layers that turn a waveform batch into each network's time-frequency image (the convolutions' input)
+FRONT_END_LAYERS = {"waveform": ("peak_normalize", "downsample", "filterbank"),
+                    "logmel": ("peak_normalize", "log_mel")}
 MB = 1 << 20
 
 
@@ -332,6 +334,7 @@ def front_end_fn(name: str, xla: bool = False):
         for layer in layers:
             x = layer(x)
         return x
+    fn.layers = layers
     return fn
 
 
@@ -390,7 +393,7 @@ def section_pipeline(report: Report, wd: Workdir, args) -> None:
     for label, path in (("float32 TFRecord", rec), ("prepared int16 shards", prep)):
         cases.append((f"tf.data read+parse+batch, {label}", _tfdata_case(path, args.batch_size)))
         for name in NETWORKS:
-            fe = "PeakNormalize+AntiAliasDownsample" if name == "waveform" else "PeakNormalize+LogMelSpectrogram"
+            fe = "+".join(type(layer).__name__ for layer in fronts[name].layers)
             cases.append((f"  + {name} front end ({fe}), {label}",
                           _tfdata_case(path, args.batch_size, fronts[name])))
             if path == rec:

@@ -90,7 +90,8 @@ def training_meta_table(histories: dict[str, dict]):
         rows.append({"network": name, "train_data": meta.get("train_data", "?"),
                      "valid_data": meta.get("valid_data", "?"), "epochs run": len(h.get("epoch", [])),
                      "best val accuracy": round(max(va), 4) if va else None,
-                     "training wall time (s)": meta.get("wall_seconds_last_run"),
+                     "training wall time (s)": round(sum(h["epoch_seconds"]), 1) if h.get("epoch_seconds")
+                     else meta.get("wall_seconds_last_run"),
                      "gpu": meta.get("gpu")})
     return pd.DataFrame(rows).set_index("network") if rows else pd.DataFrame()
 

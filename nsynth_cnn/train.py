@@ -128,7 +128,7 @@ def train(name: str, train_data, valid_data=None, out_dir: str = "weights", p: T
     resumed_best = _best_so_far(csv_path, monitor) if os.path.isdir(backup) and os.path.isfile(best) else None
     if resumed_best is not None:            # a resumed run: only beat the best epoch before the interruption
         checkpoint.best = resumed_best
-    callbacks = [WatchAccuracy(watch)] if watch else []
+    callbacks = ([WatchAccuracy(watch)] if watch else []) + [EpochSeconds()]   # timed after the watch
     callbacks += [
         keras.callbacks.BackupAndRestore(backup),
         checkpoint,
@@ -166,6 +166,22 @@ def _best_so_far(csv_path: str, monitor: str) -> float | None:
     with open(csv_path) as fh:
         values = [float(row[monitor]) for row in csv.DictReader(fh) if row.get(monitor)]
     return max(values, default=None)
+
+
+def EpochSeconds():
+    """Keras callback: each epoch's wall time (training, validation, watch) as ``epoch_seconds`` in its logs, so the
+    history's total stays right across an interrupted and resumed run."""
+    import keras
+
+    class _EpochSeconds(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self._start = time.time()
+
+        def on_epoch_end(self, epoch, logs=None):
+            if logs is not None:
+                logs["epoch_seconds"] = round(time.time() - self._start, 1)
+
+    return _EpochSeconds()
 
 
 def WatchAccuracy(source: str):

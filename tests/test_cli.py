@@ -54,6 +54,9 @@ def test_train_writes_model_and_history(trained):
     # --watch: accuracy on an extra labelled set per epoch: 10 notes (the 11th is synth_lead), so k/10
     assert len(hist["watch_accuracy"]) == 2
     assert all(abs(a * 10 - round(a * 10)) < 1e-6 and 0 <= a <= 1 for a in hist["watch_accuracy"])
+    # each epoch's wall time, so a resumed run's total is still the sum; it covers at least the watch pass
+    assert len(hist["epoch_seconds"]) == 2 and all(s > 0 for s in hist["epoch_seconds"])
+    assert sum(hist["epoch_seconds"]) <= hist["meta"]["wall_seconds_last_run"] + 1.0
     assert hist["meta"]["model"] == "logmel" and hist["meta"]["params"]["batch_size"] == 4
     assert hist["meta"]["params"]["mixup_alpha"] == 0.4
     assert not list(out.glob(".logmel_cnn*")), "checkpoint/backup leftovers after a finished run"
