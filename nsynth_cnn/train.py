@@ -8,7 +8,6 @@ atomically to ``<out>/<model>_cnn.keras``. Mixed precision on a GPU; optional XL
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
 import json
 import math
@@ -123,8 +122,6 @@ def train(name: str, train_data, valid_data=None, out_dir: str = "weights", p: T
     if not os.path.isdir(backup) and os.path.exists(csv_path):
         os.remove(csv_path)                 # a fresh run: do not append to an old history
     checkpoint = keras.callbacks.ModelCheckpoint(best, monitor=monitor, save_best_only=True, mode="max")
-    stopping = keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=p.early_stopping_patience,
-                                             restore_best_weights=True)
     resumed_best = _best_so_far(csv_path, monitor) if os.path.isdir(backup) and os.path.isfile(best) else None
     if resumed_best is not None:            # a resumed run: only beat the best epoch before the interruption
         checkpoint.best = resumed_best
@@ -132,7 +129,8 @@ def train(name: str, train_data, valid_data=None, out_dir: str = "weights", p: T
     callbacks += [
         keras.callbacks.BackupAndRestore(backup),
         checkpoint,
-        stopping,
+        keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=p.early_stopping_patience,
+                                      restore_best_weights=True),
         keras.callbacks.LearningRateScheduler(lr_schedule(p, p.epochs)),
         keras.callbacks.CSVLogger(csv_path, append=True),
     ]
@@ -161,10 +159,7 @@ def train(name: str, train_data, valid_data=None, out_dir: str = "weights", p: T
 
 def _best_so_far(csv_path: str, monitor: str) -> float | None:
     """Highest ``monitor`` value in an interrupted run's CSV history (None when there is none)."""
-    if not os.path.isfile(csv_path):
-        return None
-    with open(csv_path) as fh:
-        values = [float(row[monitor]) for row in csv.DictReader(fh) if row.get(monitor)]
+    values = [v for v in _json_history(csv_path).get(monitor, []) if v == v]      # drop NaN ("NA") entries
     return max(values, default=None)
 
 

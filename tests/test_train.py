@@ -50,3 +50,5 @@ def test_best_so_far_reads_an_interrupted_runs_history(tmp_path):
     csv_path.write_text("epoch,accuracy,val_accuracy\n0,0.4,0.44\n1,0.5,0.57\n2,0.6,0.55\n")
     assert train._best_so_far(str(csv_path), "val_accuracy") == pytest.approx(0.57)
     assert train._best_so_far(str(csv_path), "accuracy") == pytest.approx(0.6)
+    csv_path.write_text("epoch,accuracy,val_accuracy\n0,0.4,NA\n1,0.5,0.51\n")   # an epoch without validation
+    assert train._best_so_far(str(csv_path), "val_accuracy") == pytest.approx(0.51)
