@@ -376,6 +376,36 @@ class RandomFreqShift(_RandomLayer):
 
 
 @_register
+class FreqMixStyle(_RandomLayer):
+    """(batch, frames, bands, 1): Freq-MixStyle (Schmid et al., DCASE 2022 device generalisation).
+
+    With probability ``probability`` per note, each band's mean and standard deviation over time are
+    replaced by a mix (``lam ~ Beta(alpha, alpha)``) of its own and another note's of the batch. The
+    per-band level and spread is where a sample set's recording chain (microphones, EQ, the sampler's
+    filters) shows; mixing it across instruments keeps the network from tying a family to one chain's colour.
+    """
+
+    def __init__(self, alpha: float = 0.3, probability: float = 0.5, epsilon: float = 1e-3, **kwargs):
+        super().__init__(**kwargs)
+        self.alpha, self.probability, self.epsilon = float(alpha), float(probability), float(epsilon)
+
+    def augment(self, x):
+        b = ops.shape(x)[0]
+        mu = ops.mean(x, axis=(1, 3), keepdims=True)                          # (b, 1, bands, 1)
+        sig = ops.sqrt(ops.var(x, axis=(1, 3), keepdims=True) + self.epsilon)
+        perm = keras.random.shuffle(ops.arange(b), seed=self.seed_generator)
+        lam = keras.random.beta((b, 1, 1, 1), self.alpha, self.alpha, seed=self.seed_generator)
+        mu_mix = lam * mu + (1.0 - lam) * ops.take(mu, perm, axis=0)
+        sig_mix = lam * sig + (1.0 - lam) * ops.take(sig, perm, axis=0)
+        on = keras.random.uniform((b, 1, 1, 1), seed=self.seed_generator) < self.probability
+        return ops.where(on, (x - mu) / sig * sig_mix + mu_mix, x)
+
+    def get_config(self):
+        return {**super().get_config(), "alpha": self.alpha, "probability": self.probability,
+                "epsilon": self.epsilon}
+
+
+@_register
 class RandomRelease(_RandomLayer):
     """(batch, samples): with probability ``probability``, re-shapes the release after note-off
     (``offset`` samples) with an exponential decay of time constant tau ~ log-uniform(tau_min, tau_max) s.

@@ -80,9 +80,12 @@ def _waveform_augment(aug: AugmentParams, seed: int):
 
 def _spectral_augment(aug: AugmentParams, top_db: float, seed: int):
     """Augmentation of a (frames, bands, 1) log image in [-1, 1] units (log-mel or learned filterbank)."""
-    return [F.RandomFreqShift(aug.freq_shift_max_bins, seed=seed + 5, name="aug_freq_shift"),
-            F.RandomMelEQ(aug.eq_max_tilt_db, aug.eq_max_bumps_db, top_db, seed=seed + 3, name="aug_mel_eq"),
-            F.SpecMask(aug.spec_freq_mask_bins, aug.spec_time_mask_frames, seed=seed + 4, name="aug_spec_mask")]
+    mixstyle = ([F.FreqMixStyle(aug.freq_mixstyle_alpha, aug.freq_mixstyle_probability, seed=seed + 7,
+                                name="aug_freq_mixstyle")] if aug.freq_mixstyle_probability > 0 else [])
+    return mixstyle + [
+        F.RandomFreqShift(aug.freq_shift_max_bins, seed=seed + 5, name="aug_freq_shift"),
+        F.RandomMelEQ(aug.eq_max_tilt_db, aug.eq_max_bumps_db, top_db, seed=seed + 3, name="aug_mel_eq"),
+        F.SpecMask(aug.spec_freq_mask_bins, aug.spec_time_mask_frames, seed=seed + 4, name="aug_spec_mask")]
 
 
 def build_waveform_cnn(p: WaveformParams = WaveformParams(), aug: AugmentParams | None = AugmentParams(),

@@ -107,6 +107,8 @@ class AugmentParams:
     freq_shift_max_bins: int = 3          # random shift of the log-mel image, +- mel bins
     spec_freq_mask_bins: int = 8         # SpecAugment-style masks on the log-mel image
     spec_time_mask_frames: int = 12
+    freq_mixstyle_probability: float = 0.0   # features.FreqMixStyle on the log image; 0 = layer left out
+    freq_mixstyle_alpha: float = 0.3
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,7 +18,7 @@ import time
 import warnings
 
 from . import data
-from .params import FAMILIES, TrainParams
+from .params import FAMILIES, AugmentParams, TrainParams
 
 
 def weights_path(out_dir: str, name: str) -> str:
@@ -65,7 +65,8 @@ def _json_history(csv_path: str) -> dict:
 def train(name: str, train_data, valid_data=None, out_dir: str = "weights", p: TrainParams = TrainParams(),
           steps_per_epoch: int | None = None, distribute: str | None = None, xla: bool | None = None,
           mixed_precision: bool | None = None, verbose: int | None = None, cache: bool = True,
-          init_from: str | None = None, watch: str | None = None) -> dict:
+          init_from: str | None = None, watch: str | None = None,
+          aug: AugmentParams = AugmentParams()) -> dict:
     """Train one network; returns its history (dict of per-epoch lists). Safe to re-run to resume.
 
     ``watch``: an extra labelled source (e.g. the real NSynth notes) whose accuracy is logged after every
@@ -99,7 +100,7 @@ def train(name: str, train_data, valid_data=None, out_dir: str = "weights", p: T
         print(f"MirroredStrategy over {strategy.num_replicas_in_sync} device(s)")
     scope = strategy.scope() if strategy else contextlib.nullcontext()
     with scope:
-        model = models.build_model(name, train=p)
+        model = models.build_model(name, train=p, aug=aug)
         if init_from:                           # fine-tune: start from a saved model's weights
             from .evaluate import load_trained
             model.set_weights(load_trained(name, init_from).get_weights())
@@ -145,7 +146,8 @@ def train(name: str, train_data, valid_data=None, out_dir: str = "weights", p: T
     final = keras.models.load_model(best) if os.path.isfile(best) else model
     _save_atomic(final, name, weights_path(out_dir, name))
     history = _json_history(csv_path)
-    history["meta"] = {"model": name, "init_from": init_from, "params": dataclasses.asdict(p), "train_data": str(train_data),
+    history["meta"] = {"model": name, "init_from": init_from, "params": dataclasses.asdict(p),
+                       "augment": dataclasses.asdict(aug), "train_data": str(train_data),
                        "valid_data": str(valid_data), "wall_seconds_last_run": round(wall, 1),
                        "gpu": gpu, "keras_backend": keras.backend.backend()}
     with open(history_path(out_dir, name) + ".tmp", "w") as fh:
@@ -249,6 +251,8 @@ def add_parser(sub):
     ap.add_argument("--xla", choices=("on", "off", "auto"), default="auto", help="XLA compilation")
     ap.add_argument("--mixup", type=float, default=d.mixup_alpha, metavar="ALPHA",
                     help="mixup within batches, lam ~ Beta(ALPHA, ALPHA); 0 = off")
+    ap.add_argument("--freq-mixstyle", type=float, default=AugmentParams().freq_mixstyle_probability, metavar="P",
+                    help="Freq-MixStyle on the log image with probability P per note (features.FreqMixStyle); 0 = off")
     ap.add_argument("--watch", default=None, metavar="PATH",
                     help="labelled notes whose accuracy is logged per epoch (watch_accuracy; not used to choose "
                          "the checkpoint), e.g. ../shared/nsynth-real")
@@ -265,7 +269,8 @@ def _main(args):
     try:
         hist = train(args.model, args.train, args.valid, args.out, p, args.steps_per_epoch, args.distribute,
                      xla, cache=not args.no_cache, init_from=args.init_from,
-                     watch=args.watch)
+                     watch=args.watch,
+                     aug=dataclasses.replace(AugmentParams(), freq_mixstyle_probability=args.freq_mixstyle))
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as err:
         raise data.translate_tf_error(err, args.train) from None
     key = "val_accuracy" if args.valid else "accuracy"

@@ -35,7 +35,7 @@ def trained(workdir):
     out = workdir / "weights"
     proc = run_cli("train", "--model", "logmel", "--train", workdir / "train.tfrecord", "--valid",
                    workdir / "valid", "--out", out, "--epochs", 2, "--steps-per-epoch", 2, "--batch-size", 4,
-                   "--shuffle-buffer", 32, "--xla", "off", "--mixup", 0.4, "--watch", workdir / "valid",
+                   "--shuffle-buffer", 32, "--xla", "off", "--mixup", 0.4, "--freq-mixstyle", 0.5, "--watch", workdir / "valid",
                    timeout=1800)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return out, proc
@@ -59,6 +59,7 @@ def test_train_writes_model_and_history(trained):
     assert sum(hist["epoch_seconds"]) <= hist["meta"]["wall_seconds_last_run"] + 1.0
     assert hist["meta"]["model"] == "logmel" and hist["meta"]["params"]["batch_size"] == 4
     assert hist["meta"]["params"]["mixup_alpha"] == 0.4
+    assert hist["meta"]["augment"]["freq_mixstyle_probability"] == 0.5
     assert not list(out.glob(".logmel_cnn*")), "checkpoint/backup leftovers after a finished run"
     model = keras.models.load_model(out / "logmel_cnn.keras")
     assert tuple(model.input_shape) == (None, N) and tuple(model.output_shape) == (None, 10)

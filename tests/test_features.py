@@ -165,6 +165,7 @@ IMAGE_AUGMENTERS = {
     "mel_eq": lambda: F.RandomMelEQ(seed=4),
     "spec_mask": lambda: F.SpecMask(8, 12, seed=5),
     "freq_shift": lambda: F.RandomFreqShift(3, seed=7),
+    "freq_mixstyle": lambda: F.FreqMixStyle(0.3, probability=1.0, seed=8),
 }
 
 
@@ -188,6 +189,23 @@ def test_time_shift_delays_with_zeros():
     lead = (y == 0).argmin(axis=1)                         # zeros before the first kept sample
     assert np.all(lead <= 300) and lead.max() > 0
     assert np.all(y.sum(axis=1) == 4000 - lead)
+
+
+def test_freq_mixstyle_mixes_band_statistics_between_notes():
+    rng = np.random.default_rng(0)
+    level = np.linspace(-0.8, 0.6, 8)[:, None, None, None] * np.linspace(0, 1, 16)[None, None, :, None]
+    x = (level + 0.1 * rng.standard_normal((8, 40, 16, 1))).astype(np.float32)
+    y = np.asarray(F.FreqMixStyle(alpha=0.3, probability=1.0, seed=0)(x, training=True))
+    mu_x, mu_y = x.mean(axis=1)[..., 0], y.mean(axis=1)[..., 0]                # (notes, bands)
+    # every new band mean lies within the range of the batch's band means (a convex mix of two of them)
+    assert np.all(mu_y >= mu_x.min(axis=0) - 1e-4) and np.all(mu_y <= mu_x.max(axis=0) + 1e-4)
+    assert not np.allclose(mu_y, mu_x, atol=1e-3)
+    # what is left after removing each band's statistics (the note's shape in time) is kept
+    z = lambda a: (a - a.mean(axis=1, keepdims=True)) / a.std(axis=1, keepdims=True)   # noqa: E731
+    np.testing.assert_allclose(z(y), z(x), atol=0.05)
+    same = np.repeat(x[:1], 8, axis=0)                                          # nothing to mix with
+    np.testing.assert_allclose(np.asarray(F.FreqMixStyle(probability=1.0, seed=0)(same, training=True)), same,
+                               atol=1e-4)
 
 
 def test_random_release_only_shapes_the_tail():
