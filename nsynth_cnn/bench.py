@@ -338,9 +338,16 @@ def front_end_fn(name: str, xla: bool = False):
     return fn
 
 
-def _tfdata_case(path: str, batch: int, front=None) -> Callable[[], int]:
+def _tfdata_case(path: str, batch: int, front=None, element_wise: bool = False) -> Callable[[], int]:
+    """Streamed training input of ``path`` (``data.training_dataset``, no cache): whole batches parsed at once.
+    ``element_wise``: the reader the cached path and evaluation use instead (parse, unbatch to notes, re-batch)."""
     from . import data
-    ds = data.training_dataset(path, batch_size=batch, shuffle_buffer=0, seed=0, cache=False)
+    if element_wise:
+        files = data.resolve_source(path)[1]
+        ds = data.tfrecord_dataset(files, shuffle_seed=0, fields=data.LEAN_FIELDS).map(
+            lambda e: (e["audio"], e["label"])).batch(batch).prefetch(2)
+    else:
+        ds = data.training_dataset(path, batch_size=batch, shuffle_buffer=0, seed=0, cache=False)
 
     def run(ds=ds) -> int:
         n = 0
@@ -392,6 +399,8 @@ def section_pipeline(report: Report, wd: Workdir, args) -> None:
     cases = [(base, _librosa_case(wav, args.batch_size))]
     for label, path in (("float32 TFRecord", rec), ("prepared int16 shards", prep)):
         cases.append((f"tf.data read+parse+batch, {label}", _tfdata_case(path, args.batch_size)))
+        cases.append((f"  for contrast: parsed per note, unbatched, re-batched, {label}",
+                      _tfdata_case(path, args.batch_size, element_wise=True)))
         for name in NETWORKS:
             fe = "+".join(type(layer).__name__ for layer in fronts[name].layers)
             cases.append((f"  + {name} front end ({fe}), {label}",

@@ -126,17 +126,23 @@ def tfrecord_dataset(files: list[str], *, parallel_reads: int | None = None, shu
     ``fields=LEAN_FIELDS`` parses only the audio and family (elements: audio, instrument_family, label).
     """
     tf = _tf()
-    auto = tf.data.AUTOTUNE
+    ds = record_dataset(files, parallel_reads=parallel_reads, shuffle_seed=shuffle_seed)
+    parser = record_parser(files)
+    ds = ds.batch(PARSE_BATCH).map(lambda s: parser(s, fields), num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+    return ds.filter(lambda e: e["label"] >= 0)
+
+
+def record_dataset(files: list[str], *, parallel_reads: int | None = None, shuffle_seed: int | None = None):
+    """The serialized records of ``files`` (not parsed), read interleaved; with ``shuffle_seed`` in
+    shuffled file order and without a fixed output order."""
+    tf = _tf()
     files_ds = tf.data.Dataset.from_tensor_slices(files)
     if shuffle_seed is not None:
         files_ds = files_ds.shuffle(len(files), seed=shuffle_seed)
-    ds = files_ds.interleave(
+    return files_ds.interleave(
         lambda f: tf.data.TFRecordDataset(f, compression_type=_compression(f), buffer_size=8 << 20),
         cycle_length=parallel_reads or min(len(files), 16 if shuffle_seed is not None else 8), block_length=1,
-        num_parallel_calls=auto, deterministic=shuffle_seed is None)
-    parser = record_parser(files)
-    ds = ds.batch(PARSE_BATCH).map(lambda s: parser(s, fields), num_parallel_calls=auto).unbatch()
-    return ds.filter(lambda e: e["label"] >= 0)
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=shuffle_seed is None)
 
 
 def record_parser(files: list[str]):
@@ -293,8 +299,6 @@ def training_dataset(path, *, batch_size: int, shuffle_buffer: int, seed: int,
     """
     tf = _tf()
     kind, files = resolve_source(path)
-    ds = (tfrecord_dataset(files, shuffle_seed=seed, fields=LEAN_FIELDS) if kind == "tfrecord"
-          else jsonwav_dataset(files[0]))
     weights = None if class_weights is None else tf.constant(class_weights, tf.float32)
 
     def to_xy(e):
@@ -302,11 +306,15 @@ def training_dataset(path, *, batch_size: int, shuffle_buffer: int, seed: int,
             return e["audio"], e["label"]
         return e["audio"], e["label"], tf.gather(weights, e["label"])
 
-    ds = ds.map(to_xy, num_parallel_calls=tf.data.AUTOTUNE)
     if cache and not _fits_in_ram(kind, files):
         warnings.warn(f"{path}: its audio as float32 would fill more than half the RAM; not caching it "
                       "(each epoch reads it again; prepared shards keep that fast).", stacklevel=2)
         cache = False
+    if kind == "tfrecord" and not cache:
+        return _streamed_batches(files, batch_size, shuffle_buffer, seed, repeat, to_xy)
+    ds = (tfrecord_dataset(files, shuffle_seed=seed, fields=LEAN_FIELDS) if kind == "tfrecord"
+          else jsonwav_dataset(files[0]))
+    ds = ds.map(to_xy, num_parallel_calls=tf.data.AUTOTUNE)
     if cache:
         ds = ds.cache()
     if shuffle_buffer:
@@ -314,6 +322,27 @@ def training_dataset(path, *, batch_size: int, shuffle_buffer: int, seed: int,
     if repeat:
         ds = ds.repeat()
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _streamed_batches(files, batch_size, shuffle_buffer, seed, repeat, to_xy):
+    """Training batches read from TFRecords each epoch (no cache). The shuffle buffer holds the serialized
+    records, which for prepared int16 shards is half the bytes of parsed float32 audio (4,096 notes: 0.5
+    instead of 1 GB); each batch is then parsed in one call and goes to the model as it is (no per-note
+    unbatch and re-batch). synth_lead records are dropped before batching (only the family is parsed for
+    that); prepared shards hold none, so they skip that step."""
+    from .prepare import is_prepared
+    tf = _tf()
+    ds = record_dataset(files, shuffle_seed=seed)
+    if not is_prepared(files):
+        family = {"instrument_family": tf.io.FixedLenFeature([], tf.int64)}
+        ds = ds.filter(lambda r: tf.io.parse_single_example(r, family)["instrument_family"] != SYNTH_LEAD_ID)
+    if shuffle_buffer:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    parser = record_parser(files)
+    ds = ds.batch(batch_size).map(lambda s: to_xy(parser(s, LEAN_FIELDS)), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def _fits_in_ram(kind: str, files: list[str], fraction: float = 0.5) -> bool:

@@ -130,3 +130,21 @@ def test_lean_parse_gives_the_same_audio_and_labels(source, request):
     for a, b in zip(full, lean):
         np.testing.assert_array_equal(a["audio"], b["audio"])
         assert a["label"] == b["label"] and a["instrument_family"] == b["instrument_family"]
+
+
+@pytest.mark.parametrize("which", ["raw", "prepared"])
+def test_streamed_and_cached_training_input_agree(which, prepared_dir, ordered_file):
+    """Streamed batches (serialized records shuffled, whole batches parsed at once, synth_lead dropped before
+    batching) hold the same notes as the cached element-wise path, in full batches."""
+    path = prepared_dir if which == "prepared" else ordered_file
+    batches = {}
+    for cache in (False, True):
+        ds = data.training_dataset(path, batch_size=16, shuffle_buffer=32, seed=3, cache=cache,
+                                   class_weights=np.linspace(0.5, 1.4, 10))
+        batches[cache] = list(data.iterate(ds, path))
+        assert [len(b[1]) for b in batches[cache]] == [16, 16, 16, 12], (which, cache)
+    def notes(bs):    # noqa: E306  (label, weight, audio checksum) of every note, order-free
+        return sorted((int(y), round(float(w), 5), round(float(np.sum(a ** 2)), 2))
+                      for b in bs for a, y, w in zip(*b))
+    assert notes(batches[False]) == notes(batches[True])
+    assert sorted(int(y) for b in batches[False] for y in b[1]) == sorted(list(range(10)) * PER_FAMILY)
