@@ -101,7 +101,9 @@ def results_table(results: dict[str, dict]):
     import pandas as pd
     rows = {}
     for name, res in results.items():
-        row = {"notes": res["notes"], "accuracy": res["accuracy"], "balanced accuracy": res["balanced_accuracy"]}
+        lo, hi = res["accuracy_ci95"]
+        row = {"notes": res["notes"], "accuracy": res["accuracy"], "95% interval": f"{lo:.2f}-{hi:.2f}",
+               "balanced accuracy": res["balanced_accuracy"]}
         row.update({f: res["per_class_accuracy"][f] for f in FAMILIES})
         rows[name] = row
     return pd.DataFrame.from_dict(rows, orient="index").round(3)

@@ -82,6 +82,8 @@ def test_evaluate_prints_count_accuracy_and_writes_json(trained, workdir, capsys
     assert cm.shape == (10, 10) and cm.sum() == 20 and cm.sum(axis=1).tolist() == [2] * 10
     assert res["accuracy"] == pytest.approx(np.trace(cm) / 20)
     assert res["classes"] == list(FAMILIES)
+    lo, hi = res["accuracy_ci95"]
+    assert 0.0 <= lo <= res["accuracy"] <= hi <= 1.0 and f"95% interval {lo:.2f}-{hi:.2f}" in stdout
     # Independent check: the same model and notes, predicted here, give the same confusion matrix.
     model = keras.models.load_model(out / "logmel_cnn.keras")
     audio, meta = data.load_arrays(workdir / "train.tfrecord")
@@ -169,3 +171,13 @@ def test_quick_start_evaluates_shipped_weights_on_embedded_sample(name, tmp_path
     res = json.loads((tmp_path / "e.json").read_text())
     assert res["notes"] == 100 and sum(res["support"].values()) == 100
     assert res["accuracy"] > 0.2, "shipped weights are no better than twice chance on the embedded sample"
+
+
+def test_accuracy_interval_is_the_wilson_interval():
+    from nsynth_cnn.evaluate import accuracy_interval
+    z, k, n = 1.959964, 20, 50                              # 20 of 50 real notes right
+    centre, half = (k + z * z / 2) / (n + z * z), z / (n + z * z) * np.sqrt(k * (n - k) / n + z * z / 4)
+    np.testing.assert_allclose(accuracy_interval(k, n), [centre - half, centre + half], atol=1e-5)
+    assert accuracy_interval(20, 50)[1] - accuracy_interval(20, 50)[0] > 0.25      # 50 notes say little
+    assert accuracy_interval(2000, 5000)[1] - accuracy_interval(2000, 5000)[0] < 0.03
+    assert accuracy_interval(0, 10)[0] == 0.0 and accuracy_interval(10, 10)[1] == 1.0
