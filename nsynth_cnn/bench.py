@@ -339,8 +339,9 @@ def front_end_fn(name: str, xla: bool = False):
 
 
 def _tfdata_case(path: str, batch: int, front=None, element_wise: bool = False) -> Callable[[], int]:
-    """Streamed training input of ``path`` (``data.training_dataset``, no cache): whole batches parsed at once.
-    ``element_wise``: the reader the cached path and evaluation use instead (parse, unbatch to notes, re-batch)."""
+    """Streamed training input of ``path`` (``data.training_dataset``, no cache; prepared shards: whole batches
+    parsed at once). ``element_wise``: the reader that float32 TFRecords, the cached path and evaluation use
+    (parse in small batches, unbatch to notes, re-batch)."""
     from . import data
     if element_wise:
         files = data.resolve_source(path)[1]
@@ -399,8 +400,9 @@ def section_pipeline(report: Report, wd: Workdir, args) -> None:
     cases = [(base, _librosa_case(wav, args.batch_size))]
     for label, path in (("float32 TFRecord", rec), ("prepared int16 shards", prep)):
         cases.append((f"tf.data read+parse+batch, {label}", _tfdata_case(path, args.batch_size)))
-        cases.append((f"  for contrast: parsed per note, unbatched, re-batched, {label}",
-                      _tfdata_case(path, args.batch_size, element_wise=True)))
+        if path == prep:       # the float32 file is read element-wise anyway (data.training_dataset)
+            cases.append((f"  for contrast: parsed per note, unbatched, re-batched, {label}",
+                          _tfdata_case(path, args.batch_size, element_wise=True)))
         for name in NETWORKS:
             fe = "+".join(type(layer).__name__ for layer in fronts[name].layers)
             cases.append((f"  + {name} front end ({fe}), {label}",

@@ -134,8 +134,8 @@ def test_lean_parse_gives_the_same_audio_and_labels(source, request):
 
 @pytest.mark.parametrize("which", ["raw", "prepared"])
 def test_streamed_and_cached_training_input_agree(which, prepared_dir, ordered_file):
-    """Streamed batches (serialized records shuffled, whole batches parsed at once, synth_lead dropped before
-    batching) hold the same notes as the cached element-wise path, in full batches."""
+    """Uncached batches (prepared shards: serialized records shuffled, whole batches parsed at once; the raw
+    file: element-wise, synth_lead dropped) hold the same notes as the cached path, in full batches."""
     path = prepared_dir if which == "prepared" else ordered_file
     batches = {}
     for cache in (False, True):
