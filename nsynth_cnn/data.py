@@ -328,7 +328,7 @@ def training_dataset(path, *, batch_size: int, shuffle_buffer: int, seed: int,
 def _prepared_batches(files, batch_size, shuffle_buffer, seed, repeat, to_xy):
     """Training batches streamed from prepared int16 shards (no cache). The shuffle buffer holds the serialized
     records: half the bytes of parsed float32 audio (4,096 notes: 0.5 instead of 1 GB). Each batch is then
-    parsed in one call and goes to the model as it is (no per-note unbatch and re-batch): 1.5x the notes/s of
+    parsed in one call and goes to the model as it is (no per-note unbatch and re-batch): 1.3-1.5x the notes/s of
     the element-wise reader (docs/performance.md). Prepared shards hold no synth_lead, so nothing is filtered.
     NSynth's own float32 records are as big serialized as parsed, and filtering synth_lead out of them before
     batching cost more than it saved, so they keep the element-wise reader."""
