@@ -35,7 +35,8 @@ def trained(workdir):
     out = workdir / "weights"
     proc = run_cli("train", "--model", "logmel", "--train", workdir / "train.tfrecord", "--valid",
                    workdir / "valid", "--out", out, "--epochs", 2, "--steps-per-epoch", 2, "--batch-size", 4,
-                   "--shuffle-buffer", 32, "--xla", "off", "--mixup", 0.4, "--freq-mixstyle", 0.5, "--watch", workdir / "valid",
+                   "--shuffle-buffer", 32, "--xla", "off", "--mixup", 0.4, "--freq-mixstyle", 0.5,
+                   "--watch", workdir / "valid",
                    timeout=1800)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return out, proc
