@@ -104,6 +104,7 @@ class CorpusParams:
     reverb_wet: tuple[float, float] = (0.05, 0.5)
     recordings_per_instrument: int = 48  # real recordings are scarce: keep up to this many per folder
     synth_instruments: int = 300       # procedural electronic/synthetic instruments (synth.py); 0 = none
+    bank_variations: bool = True       # also GS-style variation presets (banks 1-127) of complete banks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,10 +115,12 @@ class Instrument:
     family: str
     source: str
     kind: str           # "soundfont" | "recording" | "synth"
+    bank: int = 0       # SoundFont bank: 0 = the GM preset, 1-127 = a GS-style variation of the program
 
     @property
     def key(self) -> str:
-        return f"{self.sample_set}/{self.program if self.program >= 0 else os.path.basename(self.path)}"
+        prog = self.program if self.program >= 0 else os.path.basename(self.path)
+        return f"{self.sample_set}/{prog}" if self.bank == 0 else f"{self.sample_set}/{self.bank}:{prog}"
 
 
 # ----------------------------------------------------------------------------------------------- discovery
@@ -125,11 +128,51 @@ def _set_name(path: str) -> str:
     return re.sub(r"\.(sf2|sf3)$", "", os.path.basename(path), flags=re.I)
 
 
-def discover(soundfont_paths, sample_paths, synth_instruments: int = 0) -> list[Instrument]:
+def bank_variations(path: str, max_similarity: float = 0.98) -> list[tuple[int, int]]:
+    """``(bank, program)`` of the variation presets (banks 1-127) of a complete SoundFont whose program has
+    a family and that sounds unlike the program's bank-0 preset. GS-style banks hold e.g. "12-String Guitar",
+    "Church Organ 2", "Synth Bass 4", but also presets that play the bank-0 samples with a modulator the
+    renderer ignores ("Detuned EP 1"). So a variation is kept only if it is named unlike the bank-0 preset
+    and a probe note (middle C, 0.5 s) correlates below ``max_similarity`` with the bank-0 preset's."""
+    import tinysoundfont
+    synth = tinysoundfont.Synth(samplerate=AUDIO.sample_rate_hz)
+    try:
+        sfid = synth.sfload(path)
+    except Exception:
+        return []
+
+    def probe(bank: int, prog: int) -> np.ndarray:
+        synth.notes_off()
+        synth.sounds_off()
+        synth.generate(AUDIO.sample_rate_hz // 4)
+        synth.program_select(0, sfid, bank, prog)
+        synth.noteon(0, 60, 100)
+        return np.frombuffer(synth.generate(AUDIO.sample_rate_hz // 2), np.float32)
+
+    found = []
+    for prog in sorted(GM_FAMILY):
+        base_name = synth.sfpreset_name(sfid, 0, prog)
+        base = probe(0, prog) if base_name is not None else None
+        for bank in range(1, 128):
+            name = synth.sfpreset_name(sfid, bank, prog)
+            if name is None or name.strip().lower() == (base_name or "").strip().lower():
+                continue
+            if base is not None:
+                other = probe(bank, prog)
+                if np.std(base) > 0 and np.std(other) > 0 and np.corrcoef(base, other)[0, 1] > max_similarity:
+                    continue
+            found.append((bank, prog))
+    return found
+
+
+def discover(soundfont_paths, sample_paths, synth_instruments: int = 0,
+             variations: bool = False) -> list[Instrument]:
     """Every instrument in the given SoundFont files/folders and recording folders, deduplicated, plus
-    ``synth_instruments`` procedural ones (sample set ``procedural``; family by :func:`synth.family_of`)."""
+    ``synth_instruments`` procedural ones (sample set ``procedural``; family by :func:`synth.family_of`)
+    and, with ``variations``, the variation presets of complete banks (:func:`bank_variations`).
+    Variations come last, so the instruments (and their names) of a corpus without them keep their order."""
     from . import synth
-    found, seen = [], set()
+    found, seen, varied = [], set(), []
     for p in soundfont_paths:
         if os.path.isdir(p):
             per_prog = glob.glob(os.path.join(p, "**", "per-program", "*", "[0-9][0-9][0-9].sf[23]"),
@@ -152,6 +195,9 @@ def discover(soundfont_paths, sample_paths, synth_instruments: int = 0) -> list[
             seen.add(real)
             for prog, (fam, src) in sorted(GM_FAMILY.items()):
                 found.append(Instrument(_set_name(f), real, prog, fam, src, "soundfont"))
+            if variations:
+                varied += [Instrument(_set_name(f), real, prog, *GM_FAMILY[prog], "soundfont", bank)
+                           for bank, prog in bank_variations(real)]
     for p in sample_paths:
         for folder in sorted(glob.glob(os.path.join(p, "*"))):
             name = os.path.basename(folder)
@@ -161,7 +207,7 @@ def discover(soundfont_paths, sample_paths, synth_instruments: int = 0) -> list[
     for i in range(synth_instruments):
         fam = synth.family_of(i)
         found.append(Instrument("procedural", "procedural", i, fam, synth.SYNTH_FAMILIES[fam][0], "synth"))
-    return found
+    return found + varied
 
 
 def split_of(inst: Instrument, p: CorpusParams) -> str:
@@ -222,10 +268,15 @@ def render_soundfont(inst: Instrument, p: CorpusParams) -> list[tuple[int, int, 
     """``(pitch, velocity, audio)`` for ``p.notes_per_instrument`` random notes of a SoundFont program."""
     try:
         synth, sfid = _load_soundfont(inst.path, p.render_rate_hz)
-        try:
-            synth.program_select(0, sfid, 0, inst.program)
-        except Exception:
-            synth.program_select(0, sfid, 0, 0)   # single-preset split stored at preset 0
+        if inst.bank:                              # a variation: that preset or none (TinySoundFont would
+            if synth.sfpreset_name(sfid, inst.bank, inst.program) is None:   # fall back to another one)
+                return []
+            synth.program_select(0, sfid, inst.bank, inst.program)
+        else:
+            try:
+                synth.program_select(0, sfid, 0, inst.program)
+            except Exception:
+                synth.program_select(0, sfid, 0, 0)   # single-preset split stored at preset 0
     except Exception:
         return []                                  # unreadable file or missing preset: no notes
     rng = _rng(inst, p.seed)
@@ -318,7 +369,7 @@ def build(out_dir: str, soundfont_paths=DEFAULT_SOUNDFONTS, sample_paths=DEFAULT
           limit_instruments: int | None = None, progress: bool = True) -> dict:
     """Render the corpus into ``out_dir/{train,valid,test}``; returns per-split statistics."""
     from tqdm import tqdm
-    instruments = discover(soundfont_paths, sample_paths, p.synth_instruments)
+    instruments = discover(soundfont_paths, sample_paths, p.synth_instruments, p.bank_variations)
     if not instruments:
         raise data.DataError("No SoundFonts or recordings found. Install the Debian SoundFont packages "
                              "(make setup) or pass --soundfonts/--samples paths.")
@@ -342,7 +393,8 @@ def build(out_dir: str, soundfont_paths=DEFAULT_SOUNDFONTS, sample_paths=DEFAULT
             inst_str = f"{inst.family}_{inst.source}_{idx:03d}"
             split = split_of(inst, p)
             rows.append({"instrument_str": inst_str, "instrument": inst_id, "split": split,
-                         "sample_set": inst.sample_set, "program": inst.program, "family": inst.family,
+                         "sample_set": inst.sample_set, "bank": inst.bank, "program": inst.program,
+                         "family": inst.family,
                          "path": os.path.relpath(inst.path, SHARED) if inst.path.startswith(
                              os.path.realpath(SHARED)) else inst.path, "notes": len(notes)})
             seen = set()
@@ -400,6 +452,8 @@ def add_parser(sub):
     ap.add_argument("--notes-per-instrument", type=int, default=CorpusParams.notes_per_instrument)
     ap.add_argument("--synth-instruments", type=int, default=CorpusParams.synth_instruments,
                     help="procedural organs, synth basses and FM electric pianos to add (0 = none)")
+    ap.add_argument("--no-bank-variations", action="store_true",
+                    help="bank-0 (GM) presets only, as corpus v4; default: also the banks' variation presets")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--layouts", default="tfrecord,jsonwav", help="comma list: tfrecord,jsonwav")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
@@ -409,7 +463,7 @@ def add_parser(sub):
 
 def _main(args):
     p = CorpusParams(notes_per_instrument=args.notes_per_instrument, seed=args.seed,
-                     synth_instruments=args.synth_instruments)
+                     synth_instruments=args.synth_instruments, bank_variations=not args.no_bank_variations)
     stats = build(args.out, args.soundfonts, args.samples, p, tuple(args.layouts.split(",")), args.workers,
                   args.limit_instruments)
     for split, st in stats.items():

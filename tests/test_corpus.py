@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import importlib.util
 import json
 import os
@@ -157,3 +158,73 @@ def test_split_is_by_instrument_and_test_sets_held_out():
     assert set(splits) == {"train", "valid"}
     assert 0.03 < splits.count("valid") / 128 < 0.3
     assert splits == [corpus.split_of(mk("SomeBank", prog), p) for prog in range(128)]
+
+
+class _FakeSynth:
+    """Stands in for tinysoundfont.Synth: a bank-0 piano; a variation that sounds different, one named like
+    it (a copy), one that plays its samples unchanged, and a variation of a program with no family."""
+    presets = {(0, 0): ("Piano 1", 1.0), (8, 0): ("Piano 1 (wide)", 3.0), (1, 0): ("Piano 1   ", 1.0),
+               (16, 0): ("Detuned Piano", 1.0), (8, 80): ("Square Lead", 5.0)}
+
+    def __init__(self, samplerate=44100):
+        self.current = 0.0
+
+    def sfload(self, path):
+        return 0
+
+    def sfpreset_name(self, sfid, bank, preset):
+        return self.presets.get((bank, preset), (None,))[0]
+
+    def program_select(self, chan, sfid, bank, preset):
+        self.current = self.presets[(bank, preset)][1]
+
+    def generate(self, frames):
+        t = np.arange(frames) / 1000.0
+        return np.sin(2 * np.pi * self.current * t).astype(np.float32).tobytes()
+
+    notes_off = sounds_off = noteon = lambda self, *a: None
+
+
+def test_bank_variations_keep_other_instruments_only(monkeypatch):
+    """Copies (same name, or the same sound) and programs without a family are not instruments of their own."""
+    import tinysoundfont
+    monkeypatch.setattr(tinysoundfont, "Synth", _FakeSynth)
+    assert corpus.bank_variations("/any.sf2") == [(8, 0)]
+
+
+def test_variations_come_last_with_their_own_key(monkeypatch, tmp_path):
+    """Variations are appended after every bank-0 instrument, so a corpus without them keeps its instrument
+    order and names; their key (which seeds the render and the split) differs from the bank-0 preset's."""
+    bank = tmp_path / "Bank.sf2"
+    bank.write_bytes(b"")
+    monkeypatch.setattr(corpus, "bank_variations", lambda path: [(8, 0), (16, 25)])
+    plain = corpus.discover([str(bank)], [], synth_instruments=3)
+    varied = corpus.discover([str(bank)], [], synth_instruments=3, variations=True)
+    assert varied[:len(plain)] == plain
+    extra = varied[len(plain):]
+    assert [(i.bank, i.program, i.family) for i in extra] == [(8, 0, "keyboard"), (16, 25, "guitar")]
+    base = next(i for i in plain if i.program == 0 and i.kind == "soundfont")
+    assert extra[0].key != base.key and base.key == "Bank/0"
+
+
+FLUID = "/usr/share/sounds/sf2/FluidR3_GM.sf2"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tinysoundfont") is None or not os.path.isfile(FLUID),
+                    reason=f"needs tinysoundfont and {FLUID} (apt-get install fluid-soundfont-gm)")
+def test_variation_renders_another_sound(monkeypatch):
+    """Fluid R3's bank-8 program 28 (Funk Guitar) is found, and at the same pitch and velocity it sounds
+    unlike the bank-0 palm-muted guitar (render_soundfont selects the instrument's bank); its bank-8
+    "Detuned EP 1" plays the bank-0 Rhodes samples unchanged here and is left out."""
+    found = corpus.bank_variations(FLUID)
+    assert (8, 28) in found and (8, 4) not in found
+    monkeypatch.setattr(corpus, "_pitch_order", lambda inst, rng: np.array([60]))
+    monkeypatch.setattr(corpus, "VELOCITIES", (100,))
+    p = corpus.CorpusParams(notes_per_instrument=1, reverb_probability=0.0)
+    muted = corpus.Instrument("FluidR3_GM", FLUID, 28, "guitar", "electronic", "soundfont")
+    [(_, _, a)] = corpus.render_soundfont(muted, p)
+    [(_, _, b)] = corpus.render_soundfont(dataclasses.replace(muted, bank=8), p)
+    assert np.max(np.abs(a)) > 0.5 and np.max(np.abs(b)) > 0.5
+    assert np.corrcoef(a, b)[0, 1] < 0.9
+    # a missing variation renders nothing (the instrument is skipped), never the bank-0 preset instead
+    assert corpus.render_soundfont(dataclasses.replace(muted, bank=99), p) == []
