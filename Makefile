@@ -53,8 +53,9 @@ SOUNDFONT_PACKAGES = fluid-soundfont-gm musescore-general-soundfont timgm6mb-sou
 soundfonts:  ## install the six Debian SoundFont packages the corpus renders (needs root)
 	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(SOUNDFONT_PACKAGES)
 
+CORPUS_ARGS ?=
 corpus:  ## render the NSynth-format corpus into $(CORPUS)/ (Debian SoundFonts + ../shared banks and recordings)
-	$(PYTHON) -m nsynth_cnn corpus --out $(CORPUS) --notes-per-instrument 16 --seed 0
+	$(PYTHON) -m nsynth_cnn corpus --out $(CORPUS) --notes-per-instrument 16 --seed 0 $(CORPUS_ARGS)
 
 sample:  ## rebuild data/nsynth-sample (10 notes per family from the corpus test split, MIT SoundFonts only)
 	rm -rf data/nsynth-sample

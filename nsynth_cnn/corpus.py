@@ -104,7 +104,8 @@ class CorpusParams:
     reverb_wet: tuple[float, float] = (0.05, 0.5)
     recordings_per_instrument: int = 48  # real recordings are scarce: keep up to this many per folder
     synth_instruments: int = 300       # procedural electronic/synthetic instruments (synth.py); 0 = none
-    bank_variations: bool = True       # also GS-style variation presets (banks 1-127) of complete banks
+    bank_variations: bool = False      # also GS-style variation presets (banks 1-127) of complete banks
+                                       # (corpus v5, run r8 of docs/experiments.md); False = corpus v4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -452,8 +453,10 @@ def add_parser(sub):
     ap.add_argument("--notes-per-instrument", type=int, default=CorpusParams.notes_per_instrument)
     ap.add_argument("--synth-instruments", type=int, default=CorpusParams.synth_instruments,
                     help="procedural organs, synth basses and FM electric pianos to add (0 = none)")
-    ap.add_argument("--no-bank-variations", action="store_true",
-                    help="bank-0 (GM) presets only, as corpus v4; default: also the banks' variation presets")
+    ap.add_argument("--bank-variations", choices=("on", "off"),
+                    default="on" if CorpusParams.bank_variations else "off",
+                    help="also render the variation presets (banks 1-127) of complete banks: 'on' = corpus v5, "
+                         "'off' = v4 (default: %(default)s, the corpus of the shipped weights)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--layouts", default="tfrecord,jsonwav", help="comma list: tfrecord,jsonwav")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
@@ -463,7 +466,7 @@ def add_parser(sub):
 
 def _main(args):
     p = CorpusParams(notes_per_instrument=args.notes_per_instrument, seed=args.seed,
-                     synth_instruments=args.synth_instruments, bank_variations=not args.no_bank_variations)
+                     synth_instruments=args.synth_instruments, bank_variations=args.bank_variations == "on")
     stats = build(args.out, args.soundfonts, args.samples, p, tuple(args.layouts.split(",")), args.workers,
                   args.limit_instruments)
     for split, st in stats.items():
