@@ -104,8 +104,8 @@ class CorpusParams:
     reverb_wet: tuple[float, float] = (0.05, 0.5)
     recordings_per_instrument: int = 48  # real recordings are scarce: keep up to this many per folder
     synth_instruments: int = 300       # procedural electronic/synthetic instruments (synth.py); 0 = none
-    bank_variations: bool = False      # also GS-style variation presets (banks 1-127) of complete banks
-                                       # (corpus v5, run r8 of docs/experiments.md); False = corpus v4
+    bank_variations: bool = True       # also GS-style variation presets (banks 1-127) of complete banks
+                                       # (corpus v5, the shipped weights, run r8 of docs/experiments.md); False = v4
 
 
 @dataclasses.dataclass(frozen=True)
