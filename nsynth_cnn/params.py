@@ -125,6 +125,8 @@ class TrainParams:
     seed: int = 1234
     dropout: float = 0.3
     mixup_alpha: float = 0.0             # mixup within batches (train.mixup_batch); 0 = off
+    distill_weight: float = 0.5          # with a teacher (train --teacher): share of its probabilities in the target
+    distill_temperature: float = 2.0     # the teacher's probabilities softened as softmax(log p / T)
 
 
 AUDIO = AudioParams()

@@ -66,8 +66,11 @@ def train(name: str, train_data, valid_data=None, out_dir: str = "weights", p: T
           steps_per_epoch: int | None = None, distribute: str | None = None, xla: bool | None = None,
           mixed_precision: bool | None = None, verbose: int | None = None, cache: bool = True,
           init_from: str | None = None, watch: str | None = None,
-          aug: AugmentParams = AugmentParams()) -> dict:
+          aug: AugmentParams = AugmentParams(), teacher: str | None = None) -> dict:
     """Train one network; returns its history (dict of per-epoch lists). Safe to re-run to resume.
+
+    ``teacher``: a folder holding a trained ``logmel_cnn.keras`` whose probabilities on each clean note are mixed
+    into the training targets (knowledge distillation, :func:`distill_targets`).
 
     ``watch``: an extra labelled source (e.g. the real NSynth notes) whose accuracy is logged after every
     epoch as ``watch_accuracy``: for the experiment log only, never for checkpoint choice or early stopping.
@@ -105,14 +108,19 @@ def train(name: str, train_data, valid_data=None, out_dir: str = "weights", p: T
             from .evaluate import load_trained
             model.set_weights(load_trained(name, init_from).get_weights())
         optimizer = keras.optimizers.AdamW(learning_rate=p.learning_rate, weight_decay=p.weight_decay)
+        soft = bool(p.label_smoothing or p.mixup_alpha or teacher)
         model.compile(optimizer=optimizer,
                       loss=keras.losses.CategoricalCrossentropy(label_smoothing=p.label_smoothing)
-                      if p.label_smoothing or p.mixup_alpha else "sparse_categorical_crossentropy",
+                      if soft else "sparse_categorical_crossentropy",
                       metrics=["accuracy"], weighted_metrics=[],
                       jit_compile="auto" if xla is None else xla)
-    if p.label_smoothing or p.mixup_alpha:
+    if soft:
         train_ds = train_ds.map(_one_hot)
         valid_ds = valid_ds.map(_one_hot) if valid_ds is not None else None
+    if teacher:
+        from .evaluate import load_trained
+        train_ds = train_ds.map(distill_targets(load_trained("logmel", teacher), p.distill_weight,
+                                                p.distill_temperature))
     if p.mixup_alpha:
         train_ds = train_ds.map(lambda *b: mixup_batch(*b, alpha=p.mixup_alpha, seed=p.seed))
 
@@ -146,7 +154,7 @@ def train(name: str, train_data, valid_data=None, out_dir: str = "weights", p: T
     final = keras.models.load_model(best) if os.path.isfile(best) else model
     _save_atomic(final, name, weights_path(out_dir, name))
     history = _json_history(csv_path)
-    history["meta"] = {"model": name, "init_from": init_from, "params": dataclasses.asdict(p),
+    history["meta"] = {"model": name, "init_from": init_from, "teacher": teacher, "params": dataclasses.asdict(p),
                        "augment": dataclasses.asdict(aug), "train_data": str(train_data),
                        "valid_data": str(valid_data), "wall_seconds_last_run": round(wall, 1),
                        "gpu": gpu, "keras_backend": keras.backend.backend()}
@@ -212,6 +220,20 @@ def mixup_batch(x, y, *w, alpha: float, seed: int = 0):
     return out
 
 
+def distill_targets(teacher, weight: float, temperature: float = 1.0):
+    """Batch map for knowledge distillation (Hinton et al., 2015): each one-hot target ``y`` becomes
+    ``(1 - weight) * y + weight * q`` with ``q = softmax(log p / temperature)`` the teacher's probabilities ``p``
+    for the note, softened. The teacher sees the clean note (its augmentation layers are off at inference);
+    the student sees its own augmented copy and learns which families the note resembles, not only its label."""
+    import tensorflow as tf
+
+    def fn(x, y, *w):
+        p = tf.cast(teacher(x, training=False), tf.float32)
+        q = tf.nn.softmax(tf.math.log(tf.maximum(p, 1e-7)) / temperature, axis=-1)
+        return (x, (1.0 - weight) * y + weight * q, *w)
+    return fn
+
+
 def _one_hot(x, y, *w):
     import tensorflow as tf
     return (x, tf.one_hot(y, len(FAMILIES)), *w)
@@ -253,6 +275,11 @@ def add_parser(sub):
                     help="mixup within batches, lam ~ Beta(ALPHA, ALPHA); 0 = off")
     ap.add_argument("--freq-mixstyle", type=float, default=AugmentParams().freq_mixstyle_probability, metavar="P",
                     help="Freq-MixStyle on the log image with probability P per note (features.FreqMixStyle); 0 = off")
+    ap.add_argument("--teacher", default=None, metavar="DIR",
+                    help="distil DIR/logmel_cnn.keras into this network: targets mix the label with its "
+                         "probabilities (TrainParams.distill_weight / distill_temperature)")
+    ap.add_argument("--distill-weight", type=float, default=d.distill_weight, metavar="W",
+                    help="share of the teacher's softened probabilities in each target (with --teacher)")
     ap.add_argument("--watch", default=None, metavar="PATH",
                     help="labelled notes whose accuracy is logged per epoch (watch_accuracy; not used to choose "
                          "the checkpoint), e.g. ../shared/nsynth-real")
@@ -263,13 +290,14 @@ def _main(args):
     p = dataclasses.replace(TrainParams(), epochs=args.epochs, batch_size=args.batch_size,
                             learning_rate=args.lr, seed=args.seed, early_stopping_patience=args.patience,
                             shuffle_buffer=args.shuffle_buffer, class_balance=args.class_balance,
-                            warmup_epochs=args.warmup_epochs, mixup_alpha=args.mixup)
+                            warmup_epochs=args.warmup_epochs, mixup_alpha=args.mixup,
+                            distill_weight=args.distill_weight)
     xla = {"on": True, "off": False, "auto": None}[args.xla]
     import tensorflow as tf
     try:
         hist = train(args.model, args.train, args.valid, args.out, p, args.steps_per_epoch, args.distribute,
                      xla, cache=not args.no_cache, init_from=args.init_from,
-                     watch=args.watch,
+                     watch=args.watch, teacher=args.teacher,
                      aug=dataclasses.replace(AugmentParams(), freq_mixstyle_probability=args.freq_mixstyle))
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as err:
         raise data.translate_tf_error(err, args.train) from None

@@ -182,3 +182,18 @@ def test_accuracy_interval_is_the_wilson_interval():
     assert accuracy_interval(20, 50)[1] - accuracy_interval(20, 50)[0] > 0.25      # 50 notes say little
     assert accuracy_interval(2000, 5000)[1] - accuracy_interval(2000, 5000)[0] < 0.03
     assert accuracy_interval(0, 10)[0] == 0.0 and accuracy_interval(10, 10)[1] == 1.0
+
+
+def test_train_with_a_teacher_distils_and_records_it(trained, workdir, tmp_path, capsys):
+    """``train --teacher DIR``: the waveform CNN learns from the trained log-mel CNN's soft targets."""
+    out, _ = trained
+    args = ["train", "--model", "waveform", "--train", str(workdir / "train.tfrecord"), "--out", str(tmp_path / "w"),
+            "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "2", "--xla", "off"]
+    rc = main(args + ["--teacher", str(out), "--distill-weight", "0.7"])
+    assert rc == 0, capsys.readouterr().err
+    hist = json.loads((tmp_path / "w" / "waveform_cnn_history.json").read_text())
+    assert hist["meta"]["teacher"] == str(out) and hist["meta"]["params"]["distill_weight"] == 0.7
+    assert np.isfinite(hist["loss"][0])
+    rc = main(args + ["--teacher", str(tmp_path / "no-teacher")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error:") and "logmel_cnn.keras not found" in err

@@ -52,3 +52,26 @@ def test_best_so_far_reads_an_interrupted_runs_history(tmp_path):
     assert train._best_so_far(str(csv_path), "accuracy") == pytest.approx(0.6)
     csv_path.write_text("epoch,accuracy,val_accuracy\n0,0.4,NA\n1,0.5,0.51\n")   # an epoch without validation
     assert train._best_so_far(str(csv_path), "val_accuracy") == pytest.approx(0.51)
+
+
+def test_distill_targets_mix_the_label_with_the_softened_teacher():
+    import keras
+    import tensorflow as tf
+    p = np.array([0.7, 0.2, 0.1] + [0.0] * 7, np.float32) + 1e-4
+    p /= p.sum()
+    teacher = keras.Sequential([keras.Input((16,)),
+                                keras.layers.Dense(10, kernel_initializer="zeros",
+                                                   bias_initializer=keras.initializers.Constant(np.log(p))),
+                                keras.layers.Softmax()])                 # the same probabilities p for any note
+    x = tf.random.normal((4, 16))
+    y = tf.one_hot([2, 2, 5, 9], 10)
+    w = tf.constant([1.0, 2.0, 3.0, 4.0])
+    for temperature in (1.0, 2.0):
+        xo, yo, wo = train.distill_targets(teacher, 0.4, temperature)(x, y, w)
+        q = np.exp(np.log(p) / temperature)
+        q /= q.sum()
+        np.testing.assert_allclose(np.asarray(yo), 0.6 * np.asarray(y) + 0.4 * q, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(yo).sum(axis=1), 1.0, atol=1e-5)
+        np.testing.assert_array_equal(np.asarray(xo), np.asarray(x))
+        np.testing.assert_array_equal(np.asarray(wo), np.asarray(w))
+    assert q[1] / q[0] > p[1] / p[0]                                      # T = 2 flattens the teacher's view
