@@ -4,7 +4,7 @@ PYTHON ?= python
 # Debian packages the tests need (SoundFont for the corpus test, Chromium for the web-page test); .ci/run
 # installs the same list. The full corpus also renders fluid-soundfont-gm, musescore-general-soundfont,
 # fluidr3mono-gm-soundfont, opl3-soundfont and csound-soundfont: `make setup APT_EXTRA="..."`.
-APT_PACKAGES = make timgm6mb-soundfont chromium
+APT_PACKAGES = make timgm6mb-soundfont chromium stk faketime
 APT_EXTRA ?=
 # Training data: a folder with train/ and valid/ NSynth splits (TFRecords or JSON+wav), e.g. the output of
 # `python -m nsynth_cnn corpus --out corpus`.
@@ -47,10 +47,10 @@ serve:  ## local web page on http://$(SERVE_HOST):$(SERVE_PORT)/ using weights/*
 
 # ---- corpus and shipped weights (issue: NSynth-format corpus from real instrument samples)
 CORPUS ?= corpus
-SOUNDFONT_PACKAGES = fluid-soundfont-gm musescore-general-soundfont timgm6mb-soundfont csound-soundfont \
+SOUNDFONT_PACKAGES = fluid-soundfont-gm musescore-general-soundfont timgm6mb-soundfont csound-soundfont stk faketime \
 	fluidr3mono-gm-soundfont opl3-soundfont
 .PHONY: soundfonts corpus sample weights
-soundfonts:  ## install the six Debian SoundFont packages the corpus renders (needs root)
+soundfonts:  ## install the six Debian SoundFont packages the corpus renders, and STK + faketime (needs root)
 	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(SOUNDFONT_PACKAGES)
 
 CORPUS_ARGS ?=

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import re
+import warnings
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 
@@ -106,6 +107,8 @@ class CorpusParams:
     synth_instruments: int = 300       # procedural electronic/synthetic instruments (synth.py); 0 = none
     bank_variations: bool = True       # also GS-style variation presets (banks 1-127) of complete banks
                                        # (corpus v5, the shipped weights, run r8 of docs/experiments.md); False = v4
+    stk_instruments: int = 0           # STK physical-model/FM instruments (stk.py, Debian `stk` + `faketime`);
+                                       # 0 = none (v5). Left out, with a warning, where stk-demo is missing
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +118,7 @@ class Instrument:
     program: int        # GM program (-1 for recordings)
     family: str
     source: str
-    kind: str           # "soundfont" | "recording" | "synth"
+    kind: str           # "soundfont" | "recording" | "synth" | "stk"
     bank: int = 0       # SoundFont bank: 0 = the GM preset, 1-127 = a GS-style variation of the program
 
     @property
@@ -167,12 +170,13 @@ def bank_variations(path: str, max_similarity: float = 0.98) -> list[tuple[int, 
 
 
 def discover(soundfont_paths, sample_paths, synth_instruments: int = 0,
-             variations: bool = False) -> list[Instrument]:
+             variations: bool = False, stk_instruments: int = 0) -> list[Instrument]:
     """Every instrument in the given SoundFont files/folders and recording folders, deduplicated, plus
-    ``synth_instruments`` procedural ones (sample set ``procedural``; family by :func:`synth.family_of`)
-    and, with ``variations``, the variation presets of complete banks (:func:`bank_variations`).
-    Variations come last, so the instruments (and their names) of a corpus without them keep their order."""
-    from . import synth
+    ``synth_instruments`` procedural ones (sample set ``procedural``; family by :func:`synth.family_of`),
+    with ``variations`` the variation presets of complete banks (:func:`bank_variations`), then
+    ``stk_instruments`` STK ones (sample set ``stk``; class by :func:`stk.voice_of`). Each addition comes after
+    the earlier ones, so the instruments (and their names) of a corpus without it keep their order."""
+    from . import stk, synth
     found, seen, varied = [], set(), []
     for p in soundfont_paths:
         if os.path.isdir(p):
@@ -208,7 +212,14 @@ def discover(soundfont_paths, sample_paths, synth_instruments: int = 0,
     for i in range(synth_instruments):
         fam = synth.family_of(i)
         found.append(Instrument("procedural", "procedural", i, fam, synth.SYNTH_FAMILIES[fam][0], "synth"))
-    return found + varied
+    if stk_instruments and not stk.available():
+        warnings.warn(f"{stk.STK_DEMO} or {stk.FAKETIME} not found: the corpus is rendered without its "
+                      f"{stk_instruments} STK instruments (install the Debian packages stk and faketime: "
+                      "make soundfonts)", stacklevel=2)
+        stk_instruments = 0
+    played = [Instrument("stk", stk.voice_of(i), i, *stk.VOICES[stk.voice_of(i)][:2], "stk")
+              for i in range(stk_instruments)]
+    return found + varied + played
 
 
 def split_of(inst: Instrument, p: CorpusParams) -> str:
@@ -359,9 +370,39 @@ def render_recordings(inst: Instrument, p: CorpusParams) -> list[tuple[int, int,
     return notes
 
 
+def render_stk(inst: Instrument, p: CorpusParams, probe_notes: int = 6,
+               settings: int = 8) -> list[tuple[int, int, np.ndarray]]:
+    """``p.notes_per_instrument`` notes of one STK instrument (its class ``inst.path``, one random setting of
+    its controls); a note that does not sound is redrawn at another pitch, and a setting none of whose first
+    ``probe_notes`` notes sounds (a physical model that will not speak) is replaced, up to ``settings`` times."""
+    from . import stk
+    import soxr
+    rng = _rng(inst, p.seed)
+    for _ in range(settings):
+        controls = stk.random_controls(inst.path, rng)
+        notes = []
+        for tried, pitch in enumerate(_pitch_order(inst, rng)):
+            if tried >= probe_notes and not notes:
+                break
+            vel = int(rng.choice(VELOCITIES))
+            audio = stk.render_note(inst.path, controls, int(pitch), vel, p.render_rate_hz,
+                                    noise_seed=int(rng.integers(0, 10 ** 8)))
+            if audio is None:
+                continue
+            audio = data.fit_length(soxr.resample(audio, p.render_rate_hz, AUDIO.sample_rate_hz, quality="HQ"))
+            if np.max(np.abs(audio)) >= p.min_peak:
+                notes.append((int(pitch), vel, _finish(audio, rng, p)))
+            if len(notes) >= p.notes_per_instrument:
+                break
+        if notes:
+            return notes
+    return []
+
+
 def render_instrument(args) -> list[tuple[int, int, np.ndarray]]:
     inst, p = args
-    return {"recording": render_recordings, "synth": render_synth}.get(inst.kind, render_soundfont)(inst, p)
+    return {"recording": render_recordings, "synth": render_synth,
+            "stk": render_stk}.get(inst.kind, render_soundfont)(inst, p)
 
 
 # ----------------------------------------------------------------------------------------------- writing
@@ -370,7 +411,8 @@ def build(out_dir: str, soundfont_paths=DEFAULT_SOUNDFONTS, sample_paths=DEFAULT
           limit_instruments: int | None = None, progress: bool = True) -> dict:
     """Render the corpus into ``out_dir/{train,valid,test}``; returns per-split statistics."""
     from tqdm import tqdm
-    instruments = discover(soundfont_paths, sample_paths, p.synth_instruments, p.bank_variations)
+    instruments = discover(soundfont_paths, sample_paths, p.synth_instruments, p.bank_variations,
+                           p.stk_instruments)
     if not instruments:
         raise data.DataError("No SoundFonts or recordings found. Install the Debian SoundFont packages "
                              "(make setup) or pass --soundfonts/--samples paths.")
@@ -457,6 +499,8 @@ def add_parser(sub):
                     default="on" if CorpusParams.bank_variations else "off",
                     help="also render the variation presets (banks 1-127) of complete banks: 'on' = corpus v5, "
                          "'off' = v4 (default: %(default)s, the corpus of the shipped weights)")
+    ap.add_argument("--stk-instruments", type=int, default=CorpusParams.stk_instruments,
+                    help="STK physical-model and FM instruments to add (Debian package stk; 0 = none, as in v5)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--layouts", default="tfrecord,jsonwav", help="comma list: tfrecord,jsonwav")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
@@ -466,7 +510,8 @@ def add_parser(sub):
 
 def _main(args):
     p = CorpusParams(notes_per_instrument=args.notes_per_instrument, seed=args.seed,
-                     synth_instruments=args.synth_instruments, bank_variations=args.bank_variations == "on")
+                     synth_instruments=args.synth_instruments, bank_variations=args.bank_variations == "on",
+                     stk_instruments=args.stk_instruments)
     stats = build(args.out, args.soundfonts, args.samples, p, tuple(args.layouts.split(",")), args.workers,
                   args.limit_instruments)
     for split, st in stats.items():

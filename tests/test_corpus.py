@@ -26,7 +26,8 @@ needs_renderer = pytest.mark.skipif(
 
 
 def render(out, seed=0, layouts="tfrecord,jsonwav"):
-    proc = run_cli("corpus", "--out", out, "--soundfonts", SF2, "--samples", "--limit-instruments", 12,
+    proc = run_cli("corpus", "--out", out, "--soundfonts", SF2, "--samples", "--stk-instruments", 0,
+                   "--limit-instruments", 12,
                    "--notes-per-instrument", 2, "--workers", 1, "--seed", seed, "--layouts", layouts,
                    timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
