@@ -166,23 +166,34 @@ class GaborFilterbank(keras.layers.Layer):
     frames, then dB relative to each example's peak, floored at ``-top_db`` and mapped to [-1, 1] - the same
     scale as :class:`LogMelSpectrogram`, so the same spectral augmentations apply. The raw-waveform network's
     own learned counterpart of a log-mel front end (in the spirit of SincNet/LEAF).
+
+    ``kernel_scale``: the filters are ``kernel_scale * weight``. Adam moves every weight by about the learning
+    rate per step whatever its size, and the Gabor taps are ~0.005, so trained directly (``kernel_scale=1``, the
+    layer of run r8 and earlier) they lose their band-pass shape within an epoch (r8's: median correlation 0.37
+    with the initial filters, a quarter of their energy left near their peak frequency). A small scale stores
+    the taps as large weights, which slows their learning by the same factor.
     """
 
     def __init__(self, num_bands: int = 64, kernel_size: int = 256, stride: int = 32, pool: int = 4,
                  sample_rate: int = 8000, min_hz: float = 30.0, max_hz: float = 3900.0, top_db: float = 80.0,
-                 **kwargs):
+                 kernel_scale: float = 1.0, **kwargs):
         super().__init__(**kwargs)
         self.num_bands, self.kernel_size, self.stride, self.pool = num_bands, kernel_size, stride, pool
         self.sample_rate, self.min_hz, self.max_hz, self.top_db = sample_rate, min_hz, max_hz, top_db
+        self.kernel_scale = float(kernel_scale)
 
     def build(self, input_shape):
         init = gabor_kernels(self.num_bands, self.kernel_size, self.sample_rate, self.min_hz, self.max_hz)
-        self.kernel = self.add_weight(shape=init.shape, initializer=keras.initializers.Constant(init),
-                                      name="kernel", dtype="float32")
+        self.kernel = self.add_weight(shape=init.shape, name="kernel", dtype="float32",
+                                      initializer=keras.initializers.Constant(init / self.kernel_scale))
         super().build(input_shape)
 
+    def filters(self):
+        """The effective (kernel_size, 1, 2 * num_bands) filters."""
+        return self.kernel * self.kernel_scale
+
     def call(self, x):
-        y = ops.conv(ops.cast(x, "float32"), self.kernel, strides=self.stride, padding="same")
+        y = ops.conv(ops.cast(x, "float32"), self.filters(), strides=self.stride, padding="same")
         power = ops.square(y[..., :self.num_bands]) + ops.square(y[..., self.num_bands:])
         frames = (ops.shape(power)[1] // self.pool) * self.pool
         power = ops.mean(ops.reshape(power[:, :frames], (-1, frames // self.pool, self.pool, self.num_bands)),
@@ -199,7 +210,8 @@ class GaborFilterbank(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "num_bands": self.num_bands, "kernel_size": self.kernel_size,
                 "stride": self.stride, "pool": self.pool, "sample_rate": self.sample_rate,
-                "min_hz": self.min_hz, "max_hz": self.max_hz, "top_db": self.top_db}
+                "min_hz": self.min_hz, "max_hz": self.max_hz, "top_db": self.top_db,
+                "kernel_scale": self.kernel_scale}
 
 
 @_register

@@ -99,7 +99,7 @@ def build_waveform_cnn(p: WaveformParams = WaveformParams(), aug: AugmentParams 
                                     p.antialias_kaiser_beta, name="downsample"),
               F.GaborFilterbank(p.filterbank_bands, p.filterbank_kernel_samples, p.filterbank_stride_samples,
                                 p.filterbank_pool, p.target_rate_hz, p.filterbank_min_hz, p.filterbank_max_hz,
-                                top_db, name="filterbank")]
+                                top_db, p.filterbank_kernel_scale, name="filterbank")]
     if aug is not None:
         stack += _spectral_augment(aug, top_db, train.seed)
     stack += _walk(WAVEFORM_LAYERS, 2) + _head(2, train.dropout)

@@ -70,6 +70,8 @@ class WaveformParams:
     filterbank_pool: int = 8                 # energies averaged to 32 ms frames: 125 per note (as the log-mel hop)
     filterbank_min_hz: float = 30.0
     filterbank_max_hz: float = 3_900.0
+    filterbank_kernel_scale: float = 1e-3    # filters = scale * weights: their taps learn ~1000x slower than with
+                                             # 1.0 (features.GaborFilterbank; r8's 1.0 lost the band-pass shape)
 
     def downsample_factor(self, audio: AudioParams = AudioParams()) -> int:
         factor, rem = divmod(audio.sample_rate_hz, self.target_rate_hz)

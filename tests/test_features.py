@@ -230,7 +230,8 @@ def test_log_band_energy_known_values():
 def filterbank():
     w = WaveformParams()
     return F.GaborFilterbank(w.filterbank_bands, w.filterbank_kernel_samples, w.filterbank_stride_samples,
-                             w.filterbank_pool, w.target_rate_hz, w.filterbank_min_hz, w.filterbank_max_hz)
+                             w.filterbank_pool, w.target_rate_hz, w.filterbank_min_hz, w.filterbank_max_hz,
+                             kernel_scale=w.filterbank_kernel_scale)
 
 
 @pytest.mark.parametrize("freq_hz", [45.0, 220.0, 1000.0, 3500.0])
@@ -260,3 +261,28 @@ def test_filterbank_shape_range_gain_invariance_and_silence(filterbank):
     np.testing.assert_allclose(np.asarray(filterbank(0.01 * x)), img, atol=1e-4)   # dB re each note's peak
     assert np.all(np.isfinite(np.asarray(filterbank(np.zeros_like(x)))))
     assert filterbank.compute_output_shape((None, 4 * rate, 1)) == (None, frames, w.filterbank_bands, 1)
+
+
+def test_filterbank_kernel_scale_slows_the_filters_learning_only():
+    """``kernel_scale`` leaves the filters (and so the image) as they are but divides how far one optimiser
+    step moves them; 1.0, the default, is the layer of the weights saved before it existed."""
+    import keras
+    w = WaveformParams()
+    x = np.random.default_rng(1).standard_normal((2, 8000, 1)).astype(np.float32)
+    moved = {}
+    for scale in (1.0, w.filterbank_kernel_scale):
+        layer = F.GaborFilterbank(w.filterbank_bands, w.filterbank_kernel_samples, w.filterbank_stride_samples,
+                                  w.filterbank_pool, w.target_rate_hz, w.filterbank_min_hz, w.filterbank_max_hz,
+                                  kernel_scale=scale)
+        layer(x)
+        start = np.asarray(layer.filters())
+        np.testing.assert_allclose(start, F.gabor_kernels(w.filterbank_bands, w.filterbank_kernel_samples,
+                                                          w.target_rate_hz, w.filterbank_min_hz,
+                                                          w.filterbank_max_hz), rtol=1e-5, atol=1e-9)
+        model = keras.Sequential([keras.Input((8000, 1)), layer, keras.layers.Flatten(), keras.layers.Dense(1)])
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+        model.train_on_batch(x, np.ones((2, 1), np.float32))
+        moved[scale] = np.abs(np.asarray(layer.filters()) - start).max() / np.abs(start).max()
+        assert F.GaborFilterbank.from_config(layer.get_config()).kernel_scale == scale
+    assert moved[w.filterbank_kernel_scale] < moved[1.0] / 100
+    assert F.GaborFilterbank().kernel_scale == 1.0
