@@ -188,12 +188,12 @@ class GaborFilterbank(keras.layers.Layer):
                                       initializer=keras.initializers.Constant(init / self.kernel_scale))
         super().build(input_shape)
 
-    def filters(self):
+    def effective_kernel(self):
         """The effective (kernel_size, 1, 2 * num_bands) filters."""
         return self.kernel * self.kernel_scale
 
     def call(self, x):
-        y = ops.conv(ops.cast(x, "float32"), self.filters(), strides=self.stride, padding="same")
+        y = ops.conv(ops.cast(x, "float32"), self.effective_kernel(), strides=self.stride, padding="same")
         power = ops.square(y[..., :self.num_bands]) + ops.square(y[..., self.num_bands:])
         frames = (ops.shape(power)[1] // self.pool) * self.pool
         power = ops.mean(ops.reshape(power[:, :frames], (-1, frames // self.pool, self.pool, self.num_bands)),
