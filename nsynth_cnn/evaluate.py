@@ -1,6 +1,10 @@
 """Evaluation: stream a data source through a saved model; accuracy, per-class accuracy, confusion matrix.
 
-``python -m nsynth_cnn evaluate --model {waveform,logmel,both} --data PATH [--out FILE.json]``
+``python -m nsynth_cnn evaluate --model {waveform,logmel,both} --data PATH [--out FILE.json] [--compare DIR]``
+
+``--compare DIR`` also runs ``DIR``'s model of the same name on the same notes and reports the paired count
+(notes right in one model only) with its exact McNemar p-value: on 50 real notes two accuracies 6 points apart
+can be noise or not, and only the paired count tells.
 """
 from __future__ import annotations
 
@@ -99,10 +103,32 @@ def accuracy_interval(correct: int, notes: int, confidence: float = 0.95) -> lis
     return [float(ci.low), float(ci.high)]
 
 
-def evaluate(name: str, path, weights_dir: str = "weights", batch_size: int = 64) -> dict:
+def paired_comparison(labels: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray) -> dict:
+    """Two models' predictions on the same notes: notes right in ``a`` only, in ``b`` only, and the exact
+    (binomial) McNemar p-value of that split (two-sided; 1.0 when no note is right in one model only)."""
+    from scipy.stats import binomtest
+    right_a, right_b = pred_a == labels, pred_b == labels
+    only_a, only_b = int((right_a & ~right_b).sum()), int((right_b & ~right_a).sum())
+    p = binomtest(only_a, only_a + only_b).pvalue if only_a + only_b else 1.0
+    return {"right_only_here": only_a, "right_only_there": only_b, "both_right": int((right_a & right_b).sum()),
+            "mcnemar_exact_p": float(p)}
+
+
+def evaluate(name: str, path, weights_dir: str = "weights", batch_size: int = 64,
+             compare_dir: str | None = None) -> dict:
     model = load_trained(name, weights_dir)
     pred = predict_source(model, path, batch_size)
-    return {"model": name, "data": str(path), **metrics(pred.labels, pred.probs)}
+    res = {"model": name, "data": str(path), **metrics(pred.labels, pred.probs)}
+    if compare_dir:
+        other = predict_source(load_trained(name, compare_dir), path, batch_size)
+        order = {n: i for i, n in enumerate(other.meta["note_str"])}      # pair the notes by name, not by position
+        if len(order) != len(pred.labels) or set(order) != set(pred.meta["note_str"]):
+            raise data.DataError(f"{path}: the second pass read other notes than the first (or note names repeat); "
+                                 "--compare needs a source whose notes have unique names.")
+        other_pred = other.predicted[[order[n] for n in pred.meta["note_str"]]]
+        res["paired"] = {"weights": str(compare_dir), "accuracy": float((other_pred == pred.labels).mean()),
+                         **paired_comparison(pred.labels, pred.predicted, other_pred)}
+    return res
 
 
 def add_parser(sub):
@@ -112,6 +138,8 @@ def add_parser(sub):
     ap.add_argument("--weights", default="weights", help="folder holding <model>_cnn.keras")
     ap.add_argument("--out", default=None, help="JSON file (default: evaluation_<model>.json)")
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--compare", default=None, metavar="DIR",
+                    help="also run DIR/<model>_cnn.keras on the same notes: paired count and exact McNemar p")
     ap.set_defaults(func=_main)
 
 
@@ -119,13 +147,18 @@ def _main(args):
     names = ("waveform", "logmel") if args.model == "both" else (args.model,)
     results = {}
     for name in names:
-        res = evaluate(name, args.data, args.weights, args.batch_size)
+        res = evaluate(name, args.data, args.weights, args.batch_size, args.compare)
         results[name] = res
         print(f"{name}: evaluated {res['notes']} notes from {args.data}: accuracy {res['accuracy']:.4f} "
               f"(95% interval {res['accuracy_ci95'][0]:.2f}-{res['accuracy_ci95'][1]:.2f}; "
               f"balanced {res['balanced_accuracy']:.4f})")
         print("  per class: " + ", ".join(f"{f} {'-' if a is None else f'{a:.2f}'}"
                                           for f, a in res["per_class_accuracy"].items()))
+        if "paired" in res:
+            pr = res["paired"]
+            print(f"  paired with {pr['weights']} (accuracy {pr['accuracy']:.4f}): {pr['right_only_here']} notes "
+                  f"right only in {args.weights}, {pr['right_only_there']} only in {pr['weights']} "
+                  f"(exact McNemar p = {pr['mcnemar_exact_p']:.2g})")
     out = args.out or f"evaluation_{args.model}.json"
     with open(out, "w") as fh:
         json.dump(results if len(results) > 1 else results[names[0]], fh, indent=1)

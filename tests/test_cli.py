@@ -184,6 +184,36 @@ def test_accuracy_interval_is_the_wilson_interval():
     assert accuracy_interval(0, 10)[0] == 0.0 and accuracy_interval(10, 10)[1] == 1.0
 
 
+def test_paired_comparison_counts_discordant_notes_and_exact_mcnemar_p():
+    from nsynth_cnn.evaluate import paired_comparison
+    labels = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
+    a = np.array([0, 1, 2, 3, 4, 5, 0, 0, 8, 0])           # right: 0-5, 8
+    b = np.array([0, 0, 0, 0, 0, 0, 0, 0, 8, 9])           # right: 0, 8, 9
+    res = paired_comparison(labels, a, b)
+    assert (res["right_only_here"], res["right_only_there"], res["both_right"]) == (5, 1, 2)
+    assert res["mcnemar_exact_p"] == pytest.approx(2 * (6 + 1) / 2 ** 6)    # two-sided binomial: 5 or 6 of 6
+    assert paired_comparison(labels, b, a)["mcnemar_exact_p"] == pytest.approx(res["mcnemar_exact_p"])
+    six_to_none = paired_comparison(labels, labels, np.where(labels < 6, 9 - labels, labels))
+    assert six_to_none["right_only_here"] == 6 and six_to_none["mcnemar_exact_p"] == pytest.approx(1 / 32)
+    assert paired_comparison(labels, a, a)["mcnemar_exact_p"] == 1.0
+
+
+def test_evaluate_compare_pairs_two_weight_folders_on_the_same_notes(trained, workdir, tmp_path, capsys):
+    out, _ = trained
+    args = ["evaluate", "--model", "logmel", "--data", str(workdir / "valid"), "--weights", str(out)]
+    rc = main(args + ["--compare", str(out), "--out", str(tmp_path / "same.json")])
+    stdout = capsys.readouterr().out
+    assert rc == 0
+    res = json.loads((tmp_path / "same.json").read_text())
+    pr = res["paired"]                                      # a model against itself: no discordant note
+    assert (pr["right_only_here"], pr["right_only_there"], pr["mcnemar_exact_p"]) == (0, 0, 1.0)
+    assert pr["accuracy"] == pytest.approx(res["accuracy"]) and pr["both_right"] == round(res["accuracy"] * 10)
+    assert "notes right only in" in stdout and "exact McNemar p = 1" in stdout
+    rc = main(args + ["--compare", str(tmp_path / "nothing"), "--out", str(tmp_path / "x.json")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "logmel_cnn.keras not found" in err
+
+
 def test_train_with_a_teacher_distils_and_records_it(trained, workdir, tmp_path, capsys):
     """``train --teacher DIR``: the waveform CNN learns from the trained log-mel CNN's soft targets."""
     out, _ = trained
