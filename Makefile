@@ -62,9 +62,11 @@ sample:  ## rebuild data/nsynth-sample (10 notes per family from the corpus test
 	$(PYTHON) -c "from nsynth_cnn import corpus; print(corpus.embedded_sample('$(CORPUS)', 'data/nsynth-sample'))"
 
 WATCH = $(if $(wildcard ../shared/nsynth-real),--watch ../shared/nsynth-real,)
-weights:  ## the shipped weights: both networks on $(CORPUS) (12 epochs each, seed 1234), then both evaluations
+weights:  ## the shipped weights on $(CORPUS) (seed 1234): log-mel 12 epochs; waveform 12, then 5 distilled from the log-mel CNN
 	$(PYTHON) -m nsynth_cnn train --model logmel --train $(CORPUS)/train --valid $(CORPUS)/valid --out weights --epochs 12 $(WATCH)
-	$(PYTHON) -m nsynth_cnn train --model waveform --train $(CORPUS)/train --valid $(CORPUS)/valid --out weights --epochs 12 $(WATCH)
+	$(PYTHON) -m nsynth_cnn train --model waveform --train $(CORPUS)/train --valid $(CORPUS)/valid --out runs/waveform-base --epochs 12 --no-cache $(WATCH)
+	$(PYTHON) -m nsynth_cnn train --model waveform --train $(CORPUS)/train --valid $(CORPUS)/valid --out weights --epochs 5 \
+	  --init-from runs/waveform-base --teacher weights --lr 5e-4 --warmup-epochs 0 $(WATCH)
 	$(PYTHON) -m nsynth_cnn evaluate --data $(CORPUS)/test --weights weights --out weights/evaluation_corpus_test.json
 	if [ -d ../shared/nsynth-real ]; then $(PYTHON) -m nsynth_cnn evaluate --data ../shared/nsynth-real --weights weights --out weights/evaluation_real_nsynth.json; fi
 

@@ -88,7 +88,9 @@ def training_meta_table(histories: dict[str, dict]):
         meta = h.get("meta", {})
         va = h.get("val_accuracy") or []
         rows.append({"network": name, "train_data": meta.get("train_data", "?"),
-                     "valid_data": meta.get("valid_data", "?"), "epochs run": len(h.get("epoch", [])),
+                     "valid_data": meta.get("valid_data", "?"),
+                     "started from": meta.get("init_from") or "random weights",
+                     "teacher": meta.get("teacher") or "-", "epochs run": len(h.get("epoch", [])),
                      "best val accuracy": round(max(va), 4) if va else None,
                      "training wall time (s)": round(sum(h["epoch_seconds"]), 1) if h.get("epoch_seconds")
                      else meta.get("wall_seconds_last_run"),

@@ -154,6 +154,19 @@ def test_find_split_layouts(tmp_path, jsonwav_dir, tfrecord_file):
         report.training_splits(tmp_path)                                    # no train split
 
 
+def test_training_meta_table_says_how_each_network_was_started():
+    """A fine-tuned or distilled network (``train --init-from/--teacher``) says so in the notebook's table."""
+    from nsynth_cnn import report
+    base = {"epoch": [0, 1], "val_accuracy": [0.5, 0.6], "epoch_seconds": [10.0, 12.5]}
+    table = report.training_meta_table({
+        "waveform": {**base, "meta": {"train_data": "c/train", "init_from": "runs/base", "teacher": "weights"}},
+        "logmel": {**base, "meta": {"train_data": "c/train", "init_from": None, "teacher": None}}})
+    assert table.loc["waveform", "started from"] == "runs/base" and table.loc["waveform", "teacher"] == "weights"
+    assert table.loc["logmel", "started from"] == "random weights" and table.loc["logmel", "teacher"] == "-"
+    assert table.loc["logmel", "epochs run"] == 2 and table.loc["logmel", "training wall time (s)"] == 22.5
+    assert table.loc["logmel", "best val accuracy"] == 0.6
+
+
 # ----------------------------------------------------------------------------------------------- make zip
 def test_package_zip_contents_and_refusals(tmp_path):
     import zipfile
