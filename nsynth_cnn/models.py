@@ -70,7 +70,9 @@ def _head(dims: int, dropout: float):
 
 def _waveform_augment(aug: AugmentParams, seed: int):
     return [F.RandomRelease(int(AUDIO.held_seconds * AUDIO.sample_rate_hz), AUDIO.sample_rate_hz,
-                            *aug.release_tau_seconds, aug.release_probability, seed=seed + 6, name="aug_release"),
+                            *aug.release_tau_seconds, aug.release_probability, aug.early_release_probability,
+                            int(aug.early_release_min_seconds * AUDIO.sample_rate_hz), seed=seed + 6,
+                            name="aug_release"),
             F.RandomTimeShift(int(aug.max_time_shift_seconds * AUDIO.sample_rate_hz), seed=seed,
                               name="aug_time_shift"),
             F.RandomTilt(seed=seed + 1, name="aug_tilt"),

@@ -103,6 +103,8 @@ class AugmentParams:
     noise_probability: float = 0.5
     release_probability: float = 0.8      # re-shape the release after note-off (3 s) ...
     release_tau_seconds: tuple[float, float] = (0.01, 0.5)   # ... with exp decay, tau log-uniform in this range
+    early_release_probability: float = 0.0    # share of notes whose note-off moves earlier (features.RandomRelease) ...
+    early_release_min_seconds: float = 0.25   # ... to a time uniform in [this, held_seconds]
     max_time_shift_seconds: float = 0.1   # random circular-free delay (zero padded) of the onset
     eq_max_tilt_db: float = 12.0          # random spectral tilt across the band, +- this
     eq_max_bumps_db: float = 6.0          # random smooth EQ curve amplitude

@@ -275,6 +275,9 @@ def add_parser(sub):
                     help="mixup within batches, lam ~ Beta(ALPHA, ALPHA); 0 = off")
     ap.add_argument("--freq-mixstyle", type=float, default=AugmentParams().freq_mixstyle_probability, metavar="P",
                     help="Freq-MixStyle on the log image with probability P per note (features.FreqMixStyle); 0 = off")
+    ap.add_argument("--early-release", type=float, default=AugmentParams().early_release_probability, metavar="P",
+                    help="share of notes whose note-off moves to a random earlier time (features.RandomRelease); "
+                         "0 = off")
     ap.add_argument("--teacher", default=None, metavar="DIR",
                     help="distil DIR/logmel_cnn.keras into this network: targets mix the label with its "
                          "probabilities (TrainParams.distill_weight / distill_temperature)")
@@ -298,7 +301,8 @@ def _main(args):
         hist = train(args.model, args.train, args.valid, args.out, p, args.steps_per_epoch, args.distribute,
                      xla, cache=not args.no_cache, init_from=args.init_from,
                      watch=args.watch, teacher=args.teacher,
-                     aug=dataclasses.replace(AugmentParams(), freq_mixstyle_probability=args.freq_mixstyle))
+                     aug=dataclasses.replace(AugmentParams(), freq_mixstyle_probability=args.freq_mixstyle,
+                                             early_release_probability=args.early_release))
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as err:
         raise data.translate_tf_error(err, args.train) from None
     key = "val_accuracy" if args.valid else "accuracy"

@@ -286,3 +286,16 @@ def test_filterbank_kernel_scale_slows_the_filters_learning_only():
         assert F.GaborFilterbank.from_config(layer.get_config()).kernel_scale == scale
     assert moved[w.filterbank_kernel_scale] < moved[1.0] / 100
     assert F.GaborFilterbank().kernel_scale == 1.0
+
+
+def test_random_release_early_note_off():
+    x = np.ones((64, 2000), np.float32)
+    layer = F.RandomRelease(1000, 1000, 0.01, 0.05, probability=0.0, early_probability=0.5, early_min=200, seed=0)
+    y = np.asarray(layer(x, training=True))
+    cut = np.argmax(y < 1.0, axis=1)                               # first sample below 1: note-off + 1
+    early = y[:, -1] < 1e-3                                        # those notes fell silent (tau <= 50 ms)
+    assert 10 < early.sum() < 54                                   # about half of them, by early_probability
+    assert np.all((cut[early] >= 200) & (cut[early] <= 1001))      # note-off within [early_min, offset]
+    assert len(np.unique(cut[early])) > 5                          # at random times
+    np.testing.assert_array_equal(y[~early], 1.0)                  # probability 0: the rest untouched
+    np.testing.assert_array_equal(np.asarray(layer(x, training=False)), x)   # identity at inference
