@@ -152,7 +152,7 @@ def train(name: str, train_data, valid_data=None, out_dir: str = "weights", p: T
                   callbacks=callbacks, verbose=verbose, shuffle=False)   # tf.data shuffles the notes itself
     wall = time.time() - start
     final = keras.models.load_model(best) if os.path.isfile(best) else model
-    _save_atomic(final, name, weights_path(out_dir, name))
+    _save_atomic(final, name, weights_path(out_dir, name), p, aug)
     history = _json_history(csv_path)
     history["meta"] = {"model": name, "init_from": init_from, "teacher": teacher, "params": dataclasses.asdict(p),
                        "augment": dataclasses.asdict(aug), "train_data": str(train_data),
@@ -239,10 +239,12 @@ def _one_hot(x, y, *w):
     return (x, tf.one_hot(y, len(FAMILIES)), *w)
 
 
-def _save_atomic(model, name: str, path: str) -> None:
-    """Save an uncompiled copy (weights + architecture, no optimizer state) via a temp file + rename."""
+def _save_atomic(model, name: str, path: str, p: TrainParams = TrainParams(),
+                 aug: AugmentParams = AugmentParams()) -> None:
+    """Save an uncompiled copy (weights + architecture, no optimizer state) via a temp file + rename; the copy
+    is built with the run's settings, so its (inference-time identity) augmentation layers say what it trained with."""
     from . import models
-    clean = models.build_model(name)
+    clean = models.build_model(name, train=p, aug=aug)
     clean.set_weights(model.get_weights())
     tmp = path[:-len(".keras")] + ".tmp.keras"
     clean.save(tmp)
