@@ -109,6 +109,9 @@ class CorpusParams:
                                        # (corpus v5, the shipped weights, run r8 of docs/experiments.md); False = v4
     stk_instruments: int = 0           # STK physical-model/FM instruments (stk.py, Debian `stk` + `faketime`);
                                        # 0 = none (v5). Left out, with a warning, where stk-demo is missing
+    recording_rooms: int = 1           # each recording folder rendered this many times, copies 2.. each in
+                                       # its own random synthetic room (always reverberant): oversamples the
+                                       # only real recordings; 1 = once (v5)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +123,8 @@ class Instrument:
     source: str
     kind: str           # "soundfont" | "recording" | "synth" | "stk"
     bank: int = 0       # SoundFont bank: 0 = the GM preset, 1-127 = a GS-style variation of the program
+    room: int = 0       # recordings: 0 = as recorded (room with p.reverb_probability), k >= 1 = k-th extra
+                        # copy in a random room; shares the split of copy 0 (same key), not its random draws
 
     @property
     def key(self) -> str:
@@ -170,11 +175,12 @@ def bank_variations(path: str, max_similarity: float = 0.98) -> list[tuple[int, 
 
 
 def discover(soundfont_paths, sample_paths, synth_instruments: int = 0,
-             variations: bool = False, stk_instruments: int = 0) -> list[Instrument]:
+             variations: bool = False, stk_instruments: int = 0, recording_rooms: int = 1) -> list[Instrument]:
     """Every instrument in the given SoundFont files/folders and recording folders, deduplicated, plus
     ``synth_instruments`` procedural ones (sample set ``procedural``; family by :func:`synth.family_of`),
     with ``variations`` the variation presets of complete banks (:func:`bank_variations`), then
-    ``stk_instruments`` STK ones (sample set ``stk``; class by :func:`stk.voice_of`). Each addition comes after
+    ``stk_instruments`` STK ones (sample set ``stk``; class by :func:`stk.voice_of`), then ``recording_rooms - 1``
+    more copies of every recording folder (:attr:`Instrument.room`). Each addition comes after
     the earlier ones, so the instruments (and their names) of a corpus without it keep their order."""
     from . import stk, synth
     found, seen, varied = [], set(), []
@@ -219,7 +225,9 @@ def discover(soundfont_paths, sample_paths, synth_instruments: int = 0,
         stk_instruments = 0
     played = [Instrument("stk", stk.voice_of(i), i, *stk.VOICES[stk.voice_of(i)][:2], "stk")
               for i in range(stk_instruments)]
-    return found + varied + played
+    rooms = [dataclasses.replace(inst, room=k) for k in range(1, recording_rooms)
+             for inst in found if inst.kind == "recording"]
+    return found + varied + played + rooms
 
 
 def split_of(inst: Instrument, p: CorpusParams) -> str:
@@ -231,7 +239,8 @@ def split_of(inst: Instrument, p: CorpusParams) -> str:
 
 # ----------------------------------------------------------------------------------------------- rendering
 def _rng(inst: Instrument, seed: int) -> np.random.Generator:
-    return np.random.default_rng(int(hashlib.sha1(f"{seed}:{inst.key}".encode()).hexdigest()[:12], 16))
+    key = f"{seed}:{inst.key}" + (f"#room{inst.room}" if inst.room else "")
+    return np.random.default_rng(int(hashlib.sha1(key.encode()).hexdigest()[:12], 16))
 
 
 def release_fade(audio: np.ndarray) -> np.ndarray:
@@ -255,9 +264,10 @@ def room_reverb(audio: np.ndarray, rng: np.random.Generator, p: "CorpusParams") 
     return fftconvolve(audio, ir)[:len(audio)].astype(np.float32)
 
 
-def _finish(audio: np.ndarray, rng: np.random.Generator, p: "CorpusParams") -> np.ndarray:
-    """Optional room, then peak-normalise to ``p.peak`` (NSynth's notes are normalised)."""
-    if rng.uniform() < p.reverb_probability:
+def _finish(audio: np.ndarray, rng: np.random.Generator, p: "CorpusParams", room: bool = False) -> np.ndarray:
+    """A room (with ``room``, else with probability ``p.reverb_probability``), then peak-normalise to
+    ``p.peak`` (NSynth's notes are normalised)."""
+    if rng.uniform() < p.reverb_probability or room:
         audio = room_reverb(audio, rng, p)
     peak = float(np.max(np.abs(audio)))
     return (audio * (p.peak / peak)).astype(np.float32) if peak > 0 else audio.astype(np.float32)
@@ -364,7 +374,7 @@ def render_recordings(inst: Instrument, p: CorpusParams) -> list[tuple[int, int,
             audio = data.load_audio(f, context="recording", reject_silent=True, onset_trim=True)
         except data.DataError:
             continue
-        notes.append((pitch, vel, _finish(release_fade(audio), rng, p)))
+        notes.append((pitch, vel, _finish(release_fade(audio), rng, p, room=inst.room > 0)))
         if len(notes) >= p.recordings_per_instrument:
             break
     return notes
@@ -412,7 +422,7 @@ def build(out_dir: str, soundfont_paths=DEFAULT_SOUNDFONTS, sample_paths=DEFAULT
     """Render the corpus into ``out_dir/{train,valid,test}``; returns per-split statistics."""
     from tqdm import tqdm
     instruments = discover(soundfont_paths, sample_paths, p.synth_instruments, p.bank_variations,
-                           p.stk_instruments)
+                           p.stk_instruments, p.recording_rooms)
     if not instruments:
         raise data.DataError("No SoundFonts or recordings found. Install the Debian SoundFont packages "
                              "(make setup) or pass --soundfonts/--samples paths.")
@@ -437,6 +447,7 @@ def build(out_dir: str, soundfont_paths=DEFAULT_SOUNDFONTS, sample_paths=DEFAULT
             split = split_of(inst, p)
             rows.append({"instrument_str": inst_str, "instrument": inst_id, "split": split,
                          "sample_set": inst.sample_set, "bank": inst.bank, "program": inst.program,
+                         "room": inst.room,
                          "family": inst.family,
                          "path": os.path.relpath(inst.path, SHARED) if inst.path.startswith(
                              os.path.realpath(SHARED)) else inst.path, "notes": len(notes)})
@@ -501,6 +512,9 @@ def add_parser(sub):
                          "'off' = v4 (default: %(default)s, the corpus of the shipped weights)")
     ap.add_argument("--stk-instruments", type=int, default=CorpusParams.stk_instruments,
                     help="STK physical-model and FM instruments to add (Debian package stk; 0 = none, as in v5)")
+    ap.add_argument("--recording-rooms", type=int, default=CorpusParams.recording_rooms,
+                    help="render every recording folder this many times, the extra copies each in a random "
+                         "synthetic room (oversamples the real recordings; 1 = once, as in v5)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--layouts", default="tfrecord,jsonwav", help="comma list: tfrecord,jsonwav")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
@@ -511,7 +525,7 @@ def add_parser(sub):
 def _main(args):
     p = CorpusParams(notes_per_instrument=args.notes_per_instrument, seed=args.seed,
                      synth_instruments=args.synth_instruments, bank_variations=args.bank_variations == "on",
-                     stk_instruments=args.stk_instruments)
+                     stk_instruments=args.stk_instruments, recording_rooms=args.recording_rooms)
     stats = build(args.out, args.soundfonts, args.samples, p, tuple(args.layouts.split(",")), args.workers,
                   args.limit_instruments)
     for split, st in stats.items():
