@@ -42,7 +42,9 @@ def lowpass_fir(num_taps: int, cutoff: float, beta: float) -> np.ndarray:
 
 @_register
 class AntiAliasDownsample(keras.layers.Layer):
-    """(batch, samples) -> (batch, samples // factor, 1): FIR low-pass below the new Nyquist, then decimate.
+    """(batch, samples) -> (batch, ceil(samples * up / factor), 1): FIR low-pass below the new Nyquist, then
+    decimate by ``factor``; with ``up > 1`` the signal is first zero-stuffed ``up`` times (polyphase rational
+    resampling, e.g. 16 -> 12 kHz with ``up=3, factor=4``; the filter then has ``num_taps * up`` taps and gain ``up``).
 
     The filter is a fixed (non-trainable) Kaiser-windowed sinc; the strided convolution computes only the
     kept samples, so filtering and decimation cost one pass. When the length is known it is computed in
@@ -53,22 +55,29 @@ class AntiAliasDownsample(keras.layers.Layer):
     POLY_BLOCK = 16
 
     def __init__(self, factor: int, num_taps: int = 63, cutoff_ratio: float = 0.9,
-                 kaiser_beta: float = 8.0, **kwargs):
+                 kaiser_beta: float = 8.0, up: int = 1, **kwargs):
         super().__init__(**kwargs)
-        self.factor, self.num_taps = int(factor), int(num_taps)
+        self.factor, self.num_taps, self.up = int(factor), int(num_taps), int(up)
+        if self.up < 1 or self.up >= self.factor:
+            raise ValueError(f"up={up} must be at least 1 and below factor={factor} (a downsampling)")
         self.cutoff_ratio, self.kaiser_beta = float(cutoff_ratio), float(kaiser_beta)
-        taps = lowpass_fir(self.num_taps, self.cutoff_ratio / self.factor, self.kaiser_beta)
+        taps = lowpass_fir(self.num_taps * self.up, self.cutoff_ratio / self.factor, self.kaiser_beta) * self.up
         self._kernel = taps[::-1].reshape(-1, 1, 1).copy()
         # Polyphase weights (span, factor*B, B): output j of a block applies the taps from input offset factor*j.
         width = self.factor * self.POLY_BLOCK
-        span = -(-(self.factor * (self.POLY_BLOCK - 1) + self.num_taps) // width)
+        span = -(-(self.factor * (self.POLY_BLOCK - 1) + len(taps)) // width)
         self._poly = np.zeros((span, width, self.POLY_BLOCK), np.float32)
         for j in range(self.POLY_BLOCK):
-            pos = self.factor * j + np.arange(self.num_taps)
+            pos = self.factor * j + np.arange(len(taps))
             self._poly[pos // width, pos % width, j] = self._kernel[:, 0, 0]
 
     def call(self, x):
         x = ops.cast(x, "float32")
+        if self.up > 1:                     # zero-stuff: each sample followed by up - 1 zeros
+            zeros = ops.zeros_like(x)
+            x = ops.stack([x] + [zeros] * (self.up - 1), axis=-1)
+            n = x.shape[1]
+            x = ops.reshape(x, (-1, n * self.up) if n is not None else (ops.shape(x)[0], -1))
         n = x.shape[1]
         if n is None:
             y = ops.conv(ops.expand_dims(x, -1), ops.convert_to_tensor(self._kernel), strides=self.factor,
@@ -85,11 +94,11 @@ class AntiAliasDownsample(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         n = input_shape[1]
-        return (input_shape[0], None if n is None else -(-n // self.factor), 1)
+        return (input_shape[0], None if n is None else -(-n * self.up // self.factor), 1)
 
     def get_config(self):
         return {**super().get_config(), "factor": self.factor, "num_taps": self.num_taps,
-                "cutoff_ratio": self.cutoff_ratio, "kaiser_beta": self.kaiser_beta}
+                "cutoff_ratio": self.cutoff_ratio, "kaiser_beta": self.kaiser_beta, "up": self.up}
 
 
 @_register

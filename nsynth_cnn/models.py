@@ -97,8 +97,9 @@ def build_waveform_cnn(p: WaveformParams = WaveformParams(), aug: AugmentParams 
     stack = [keras.Input((AUDIO.num_samples,), name="waveform"), F.PeakNormalize(name="peak_normalize")]
     if aug is not None:
         stack += _waveform_augment(aug, train.seed)
-    stack += [F.AntiAliasDownsample(p.downsample_factor(), p.antialias_taps, p.antialias_cutoff_ratio,
-                                    p.antialias_kaiser_beta, name="downsample"),
+    up, down = p.resample_ratio()
+    stack += [F.AntiAliasDownsample(down, p.antialias_taps, p.antialias_cutoff_ratio, p.antialias_kaiser_beta,
+                                    up=up, name="downsample"),
               F.GaborFilterbank(p.filterbank_bands, p.filterbank_kernel_samples, p.filterbank_stride_samples,
                                 p.filterbank_pool, p.target_rate_hz, p.filterbank_min_hz, p.filterbank_max_hz,
                                 top_db, p.filterbank_kernel_scale, name="filterbank")]

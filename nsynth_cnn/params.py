@@ -6,6 +6,7 @@ that depends on another value can drift out of sync with it.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 # NSynth's instrument_family ids 0..10; id 9 (synth_lead) has no test notes and is dropped.
 NSYNTH_FAMILY_NAMES = (
@@ -73,11 +74,24 @@ class WaveformParams:
     filterbank_kernel_scale: float = 1e-3    # filters = scale * weights: their taps learn ~1000x slower than with
                                              # 1.0 (features.GaborFilterbank; r8's 1.0 lost the band-pass shape)
 
-    def downsample_factor(self, audio: AudioParams = AudioParams()) -> int:
-        factor, rem = divmod(audio.sample_rate_hz, self.target_rate_hz)
-        if rem:
-            raise ValueError("target_rate_hz must divide the input sample rate")
-        return factor
+    def resample_ratio(self, audio: AudioParams = AudioParams()) -> tuple[int, int]:
+        """``(up, down)``: the input rate times up / down is ``target_rate_hz`` (8 kHz: (1, 2); 12 kHz: (3, 4))."""
+        g = math.gcd(audio.sample_rate_hz, self.target_rate_hz)
+        up, down = self.target_rate_hz // g, audio.sample_rate_hz // g
+        if not up < down <= 16:
+            raise ValueError(f"target_rate_hz={self.target_rate_hz} must be below the input's "
+                             f"{audio.sample_rate_hz} Hz by a ratio up/down with down <= 16 (e.g. 8000, 12000)")
+        return up, down
+
+    def at_rate(self, target_rate_hz: int) -> "WaveformParams":
+        """These params at another downsampled rate, with the same filterbank in seconds (32 ms kernels, 4 ms
+        stride, 32 ms frames) and band (up to 0.4875 x the new rate, as 3.9 kHz at 8 kHz)."""
+        scale = target_rate_hz / self.target_rate_hz
+        return dataclasses.replace(
+            self, target_rate_hz=target_rate_hz,
+            filterbank_kernel_samples=int(round(self.filterbank_kernel_samples * scale)),
+            filterbank_stride_samples=int(round(self.filterbank_stride_samples * scale)),
+            filterbank_max_hz=self.filterbank_max_hz * scale)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,7 +18,7 @@ import time
 import warnings
 
 from . import data
-from .params import FAMILIES, AugmentParams, TrainParams
+from .params import FAMILIES, AugmentParams, TrainParams, WaveformParams
 
 
 def weights_path(out_dir: str, name: str) -> str:
@@ -66,11 +66,14 @@ def train(name: str, train_data, valid_data=None, out_dir: str = "weights", p: T
           steps_per_epoch: int | None = None, distribute: str | None = None, xla: bool | None = None,
           mixed_precision: bool | None = None, verbose: int | None = None, cache: bool = True,
           init_from: str | None = None, watch: str | None = None,
-          aug: AugmentParams = AugmentParams(), teacher: str | None = None) -> dict:
+          aug: AugmentParams = AugmentParams(), teacher: str | None = None,
+          waveform: WaveformParams = WaveformParams()) -> dict:
     """Train one network; returns its history (dict of per-epoch lists). Safe to re-run to resume.
 
     ``teacher``: a folder holding a trained ``logmel_cnn.keras`` whose probabilities on each clean note are mixed
     into the training targets (knowledge distillation, :func:`distill_targets`).
+
+    ``waveform``: the waveform CNN's front end (e.g. ``WaveformParams().at_rate(12_000)``); unused for the log-mel CNN.
 
     ``watch``: an extra labelled source (e.g. the real NSynth notes) whose accuracy is logged after every
     epoch as ``watch_accuracy``: for the experiment log only, never for checkpoint choice or early stopping.
@@ -103,7 +106,7 @@ def train(name: str, train_data, valid_data=None, out_dir: str = "weights", p: T
         print(f"MirroredStrategy over {strategy.num_replicas_in_sync} device(s)")
     scope = strategy.scope() if strategy else contextlib.nullcontext()
     with scope:
-        model = models.build_model(name, train=p, aug=aug)
+        model = models.build_model(name, train=p, aug=aug, **_front_kwargs(name, waveform))
         if init_from:                           # fine-tune: start from a saved model's weights
             from .evaluate import load_trained
             model.set_weights(load_trained(name, init_from).get_weights())
@@ -152,10 +155,12 @@ def train(name: str, train_data, valid_data=None, out_dir: str = "weights", p: T
                   callbacks=callbacks, verbose=verbose, shuffle=False)   # tf.data shuffles the notes itself
     wall = time.time() - start
     final = keras.models.load_model(best) if os.path.isfile(best) else model
-    _save_atomic(final, name, weights_path(out_dir, name), p, aug)
+    _save_atomic(final, name, weights_path(out_dir, name), p, aug, waveform)
     history = _json_history(csv_path)
     history["meta"] = {"model": name, "init_from": init_from, "teacher": teacher, "params": dataclasses.asdict(p),
-                       "augment": dataclasses.asdict(aug), "train_data": str(train_data),
+                       "augment": dataclasses.asdict(aug), **({"waveform": dataclasses.asdict(waveform)}
+                                                             if name == "waveform" else {}),
+                       "train_data": str(train_data),
                        "valid_data": str(valid_data), "wall_seconds_last_run": round(wall, 1),
                        "gpu": gpu, "keras_backend": keras.backend.backend()}
     with open(history_path(out_dir, name) + ".tmp", "w") as fh:
@@ -239,12 +244,16 @@ def _one_hot(x, y, *w):
     return (x, tf.one_hot(y, len(FAMILIES)), *w)
 
 
+def _front_kwargs(name: str, waveform: WaveformParams) -> dict:
+    return {"p": waveform} if name == "waveform" else {}
+
+
 def _save_atomic(model, name: str, path: str, p: TrainParams = TrainParams(),
-                 aug: AugmentParams = AugmentParams()) -> None:
+                 aug: AugmentParams = AugmentParams(), waveform: WaveformParams = WaveformParams()) -> None:
     """Save an uncompiled copy (weights + architecture, no optimizer state) via a temp file + rename; the copy
     is built with the run's settings, so its (inference-time identity) augmentation layers say what it trained with."""
     from . import models
-    clean = models.build_model(name, train=p, aug=aug)
+    clean = models.build_model(name, train=p, aug=aug, **_front_kwargs(name, waveform))
     clean.set_weights(model.get_weights())
     tmp = path[:-len(".keras")] + ".tmp.keras"
     clean.save(tmp)
@@ -285,6 +294,9 @@ def add_parser(sub):
                          "probabilities (TrainParams.distill_weight / distill_temperature)")
     ap.add_argument("--distill-weight", type=float, default=d.distill_weight, metavar="W",
                     help="share of the teacher's softened probabilities in each target (with --teacher)")
+    ap.add_argument("--waveform-rate", type=int, default=WaveformParams().target_rate_hz, metavar="HZ",
+                    help="rate the waveform CNN downsamples to (8000 or 12000; its filterbank keeps 32 ms "
+                         "kernels and 4 ms hops, WaveformParams.at_rate)")
     ap.add_argument("--watch", default=None, metavar="PATH",
                     help="labelled notes whose accuracy is logged per epoch (watch_accuracy; not used to choose "
                          "the checkpoint), e.g. ../shared/nsynth-real")
@@ -304,7 +316,8 @@ def _main(args):
                      xla, cache=not args.no_cache, init_from=args.init_from,
                      watch=args.watch, teacher=args.teacher,
                      aug=dataclasses.replace(AugmentParams(), freq_mixstyle_probability=args.freq_mixstyle,
-                                             early_release_probability=args.early_release))
+                                             early_release_probability=args.early_release),
+                     waveform=WaveformParams().at_rate(args.waveform_rate))
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as err:
         raise data.translate_tf_error(err, args.train) from None
     key = "val_accuracy" if args.valid else "accuracy"
