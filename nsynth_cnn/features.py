@@ -84,7 +84,7 @@ class AntiAliasDownsample(keras.layers.Layer):
                          padding="same")
             return ops.cast(y, self.compute_dtype)
         out = -(-n // self.factor)
-        left = max((out - 1) * self.factor + self.num_taps - n, 0) // 2       # as padding="same"
+        left = max((out - 1) * self.factor + len(self._kernel) - n, 0) // 2    # as padding="same"
         span, width, block = self._poly.shape
         rows = max(-(-out // block) + span - 1, -(-(n + left) // width))
         x = ops.pad(x, ((0, 0), (left, rows * width - n - left)))

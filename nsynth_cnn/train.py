@@ -260,6 +260,17 @@ def _save_atomic(model, name: str, path: str, p: TrainParams = TrainParams(),
     os.replace(tmp, path)
 
 
+def _waveform_rate(text: str) -> int:
+    """argparse type of --waveform-rate: a rate the waveform CNN can resample 16 kHz notes down to."""
+    import argparse
+    try:
+        rate = int(text)
+        WaveformParams().at_rate(rate).resample_ratio()
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{text!r}: {err}") from None
+    return rate
+
+
 def add_parser(sub):
     ap = sub.add_parser("train", help="train one network (resumes if interrupted)")
     ap.add_argument("--model", required=True, choices=("waveform", "logmel"))
@@ -294,7 +305,7 @@ def add_parser(sub):
                          "probabilities (TrainParams.distill_weight / distill_temperature)")
     ap.add_argument("--distill-weight", type=float, default=d.distill_weight, metavar="W",
                     help="share of the teacher's softened probabilities in each target (with --teacher)")
-    ap.add_argument("--waveform-rate", type=int, default=WaveformParams().target_rate_hz, metavar="HZ",
+    ap.add_argument("--waveform-rate", type=_waveform_rate, default=WaveformParams().target_rate_hz, metavar="HZ",
                     help="rate the waveform CNN downsamples to (8000 or 12000; its filterbank keeps 32 ms "
                          "kernels and 4 ms hops, WaveformParams.at_rate)")
     ap.add_argument("--watch", default=None, metavar="PATH",

@@ -225,11 +225,20 @@ def test_train_with_a_teacher_distils_and_records_it(trained, workdir, tmp_path,
     out, _ = trained
     args = ["train", "--model", "waveform", "--train", str(workdir / "train.tfrecord"), "--out", str(tmp_path / "w"),
             "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "2", "--xla", "off"]
-    rc = main(args + ["--teacher", str(out), "--distill-weight", "0.7"])
+    rc = main(args + ["--teacher", str(out), "--distill-weight", "0.7", "--waveform-rate", "12000"])
     assert rc == 0, capsys.readouterr().err
     hist = json.loads((tmp_path / "w" / "waveform_cnn_history.json").read_text())
     assert hist["meta"]["teacher"] == str(out) and hist["meta"]["params"]["distill_weight"] == 0.7
     assert np.isfinite(hist["loss"][0])
+    # --waveform-rate reaches the saved network: 16 -> 12 kHz is up 3, down 4, and the filterbank keeps 32 ms
+    import keras
+    saved = keras.models.load_model(tmp_path / "w" / "waveform_cnn.keras", compile=False)
+    assert (saved.get_layer("downsample").up, saved.get_layer("downsample").factor) == (3, 4)
+    assert saved.get_layer("filterbank").kernel_size == 384 and saved.get_layer("filterbank").sample_rate == 12_000
+    assert hist["meta"]["waveform"]["target_rate_hz"] == 12_000
+    with pytest.raises(SystemExit):         # argparse's usage error, not a traceback from inside training
+        main(args + ["--waveform-rate", "11025"])
+    assert "--waveform-rate" in capsys.readouterr().err
     rc = main(args + ["--teacher", str(tmp_path / "no-teacher")])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error:") and "logmel_cnn.keras not found" in err

@@ -139,6 +139,42 @@ def test_antialias_attenuates_above_new_nyquist(downsample, freq_hz):
     assert _gain_db(downsample, freq_hz) <= -40.0
 
 
+@pytest.fixture(scope="module")
+def downsample_12k():
+    w = WaveformParams().at_rate(12_000)
+    up, down = w.resample_ratio()
+    return F.AntiAliasDownsample(down, w.antialias_taps, w.antialias_cutoff_ratio, w.antialias_kaiser_beta, up=up)
+
+
+def test_rational_resampling_to_12khz(downsample_12k):
+    """16 -> 12 kHz (up 3, down 4): tones below 5.4 kHz keep their level and frequency, tones that would fold back
+    are removed, and the layer round-trips through its config."""
+    assert WaveformParams().at_rate(12_000).resample_ratio() == (3, 4) and WaveformParams().resample_ratio() == (1, 2)
+    assert WaveformParams().at_rate(8_000) == WaveformParams()
+    for freq_hz, rate in ((440.0, 12_000), (3000.0, 12_000), (5000.0, 12_000)):
+        y = np.asarray(downsample_12k(tone(freq_hz, amp=0.5)[None]))[0, :, 0]
+        assert y.shape == (N * 3 // 4,)
+        core = y[2000:-2000]
+        assert 20 * np.log10(np.sqrt(2 * np.mean(core ** 2)) / 0.5) == pytest.approx(0.0, abs=0.5)
+        spectrum = np.abs(np.fft.rfft(core * np.hanning(len(core))))
+        assert np.fft.rfftfreq(len(core), 1 / rate)[np.argmax(spectrum)] == pytest.approx(freq_hz, abs=2.0)
+    # 7 kHz would alias to 5 kHz at 12 kHz sampling with full amplitude
+    y = np.asarray(downsample_12k(tone(7000.0, amp=0.5)[None]))[0, 2000:-2000, 0]
+    assert 20 * np.log10(np.sqrt(2 * np.mean(y ** 2)) / 0.5) <= -40.0
+    impulse = np.zeros((1, N), np.float32)
+    impulse[0, 10_000] = 1.0
+    y = np.asarray(downsample_12k(impulse))[0, :, 0]
+    assert abs(int(np.argmax(np.abs(y))) - 7_500) <= 1          # centred like the 8 kHz path: no delay
+    assert y.sum() == pytest.approx(0.75, abs=0.01)             # unit DC gain; 3 of 4 input samples' worth kept
+    clone = F.AntiAliasDownsample.from_config(downsample_12k.get_config())
+    x = tone(1000.0)[None]
+    np.testing.assert_allclose(np.asarray(clone(x)), np.asarray(downsample_12k(x)), atol=1e-6)
+    with pytest.raises(ValueError, match="downsampling"):
+        F.AntiAliasDownsample(2, up=2)
+    with pytest.raises(ValueError, match="target_rate_hz"):
+        WaveformParams().at_rate(11_025).resample_ratio()
+
+
 def test_antialias_keeps_timing(downsample):
     x = np.zeros((1, N), np.float32)
     x[0, 10_000] = 1.0
