@@ -13,11 +13,12 @@ from collections.abc import Mapping
 import numpy as np
 from matplotlib.figure import Figure
 
-from .params import AUDIO, FAMILIES
+from .params import AUDIO, FAMILIES, WaveformParams
 from .selection import Pick
 
 MODEL_COLORS = {"waveform": "tab:blue", "logmel": "tab:orange"}
-MODEL_TITLES = {"waveform": "waveform CNN (8 kHz raw audio)", "logmel": "log-mel CNN"}
+MODEL_TITLES = {"waveform": f"waveform CNN ({WaveformParams().target_rate_hz / 1000:g} kHz raw audio)",
+                "logmel": "log-mel CNN"}
 DPI = 110
 
 
