@@ -108,8 +108,12 @@ def train(name: str, train_data, valid_data=None, out_dir: str = "weights", p: T
     with scope:
         model = models.build_model(name, train=p, aug=aug, **_front_kwargs(name, waveform))
         if init_from:                           # fine-tune: start from a saved model's weights
-            from .evaluate import load_trained
-            model.set_weights(load_trained(name, init_from).get_weights())
+            from .evaluate import WeightsError, load_trained
+            try:
+                model.set_weights(load_trained(name, init_from).get_weights())
+            except ValueError as err:       # another architecture, e.g. a waveform CNN of another --waveform-rate
+                raise WeightsError(f"{init_from}/{name}_cnn.keras does not fit the network being trained ({err}); "
+                                   "start from weights of the same architecture (same --waveform-rate).") from None
         optimizer = keras.optimizers.AdamW(learning_rate=p.learning_rate, weight_decay=p.weight_decay)
         soft = bool(p.label_smoothing or p.mixup_alpha or teacher)
         model.compile(optimizer=optimizer,

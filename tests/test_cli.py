@@ -236,6 +236,9 @@ def test_train_with_a_teacher_distils_and_records_it(trained, workdir, tmp_path,
     assert (saved.get_layer("downsample").up, saved.get_layer("downsample").factor) == (3, 4)
     assert saved.get_layer("filterbank").kernel_size == 384 and saved.get_layer("filterbank").sample_rate == 12_000
     assert hist["meta"]["waveform"]["target_rate_hz"] == 12_000
+    rc = main(args + ["--init-from", str(tmp_path / "w")])          # a 12 kHz network into an 8 kHz one
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error:") and "same --waveform-rate" in err
     with pytest.raises(SystemExit):         # argparse's usage error, not a traceback from inside training
         main(args + ["--waveform-rate", "11025"])
     assert "--waveform-rate" in capsys.readouterr().err
