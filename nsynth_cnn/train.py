@@ -109,8 +109,9 @@ def train(name: str, train_data, valid_data=None, out_dir: str = "weights", p: T
         model = models.build_model(name, train=p, aug=aug, **_front_kwargs(name, waveform))
         if init_from:                           # fine-tune: start from a saved model's weights
             from .evaluate import WeightsError, load_trained
+            start_weights = load_trained(name, init_from).get_weights()
             try:
-                model.set_weights(load_trained(name, init_from).get_weights())
+                model.set_weights(start_weights)
             except ValueError as err:       # another architecture, e.g. a waveform CNN of another --waveform-rate
                 raise WeightsError(f"{init_from}/{name}_cnn.keras does not fit the network being trained ({err}); "
                                    "start from weights of the same architecture (same --waveform-rate).") from None
