@@ -49,9 +49,12 @@ serve:  ## local web page on http://$(SERVE_HOST):$(SERVE_PORT)/ using weights/*
 CORPUS ?= corpus
 SOUNDFONT_PACKAGES = fluid-soundfont-gm musescore-general-soundfont timgm6mb-soundfont csound-soundfont stk faketime \
 	fluidr3mono-gm-soundfont opl3-soundfont
-.PHONY: soundfonts corpus sample weights
+.PHONY: soundfonts recordings corpus sample weights
 soundfonts:  ## install the six Debian SoundFont packages the corpus renders, and STK + faketime (needs root)
 	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(SOUNDFONT_PACKAGES)
+
+recordings:  ## fetch the 20 tonejs-instruments recording sets (npm, MIT) into sources/tonejs/ (corpus --samples)
+	$(PYTHON) -c "from nsynth_cnn import corpus; print(len(corpus.fetch_tonejs()), 'folders in', corpus.TONEJS_DIR)"
 
 CORPUS_ARGS ?=
 corpus:  ## render the NSynth-format corpus into $(CORPUS)/ (Debian SoundFonts + ../shared banks and recordings)

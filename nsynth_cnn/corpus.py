@@ -66,13 +66,33 @@ FAMILY_PITCH_RANGE = {
     "mallet": (48, 100), "organ": (24, 96), "reed": (36, 86), "string": (28, 96), "vocal": (43, 84),
 }
 
-# Philharmonia instrument folder -> family. double-bass: NSynth files upright basses under `bass`.
+# Recording folder name -> (family, source). Two layouts of single-note recordings are read:
+# Philharmonia (`../shared/samples/philharmonia/<instrument>/<instrument>_<note>_<length>_<dynamic>_...mp3`)
+# and tonejs-instruments (npm `tonejs-instrument-<name>-mp3`, fetched by `make recordings` into
+# sources/tonejs/<name>/<note>.mp3, e.g. `As2.mp3`). double-bass/contrabass: NSynth files upright basses under
+# `bass`; harmonium (GM 20, reed organ) -> organ; harp -> string (GM 46), as in the GM table above.
 PHILHARMONIA_FAMILY = {
     "banjo": "guitar", "bass-clarinet": "reed", "bassoon": "reed", "cello": "string", "clarinet": "reed",
     "contrabassoon": "reed", "cor-anglais": "reed", "double-bass": "bass", "flute": "flute",
     "french-horn": "brass", "guitar": "guitar", "mandolin": "guitar", "oboe": "reed", "saxophone": "reed",
     "trombone": "brass",
 }
+RECORDING_FAMILY = {name: (fam, "acoustic") for name, fam in PHILHARMONIA_FAMILY.items()} | {
+    "bass-electric": ("bass", "electronic"), "contrabass": ("bass", "acoustic"),
+    "guitar-acoustic": ("guitar", "acoustic"), "guitar-electric": ("guitar", "electronic"),
+    "guitar-nylon": ("guitar", "acoustic"), "harmonium": ("organ", "acoustic"), "harp": ("string", "acoustic"),
+    "organ": ("organ", "acoustic"), "piano": ("keyboard", "acoustic"), "trumpet": ("brass", "acoustic"),
+    "tuba": ("brass", "acoustic"), "violin": ("string", "acoustic"), "xylophone": ("mallet", "acoustic"),
+}
+# npm package versions (tonejs-instrument-<name>-mp3, MIT; fetched by `make recordings`, never committed)
+TONEJS_INSTRUMENTS = {
+    "bass-electric": "1.1.2", "bassoon": "1.1.2", "cello": "1.1.1", "clarinet": "1.1.2", "contrabass": "1.1.2",
+    "flute": "1.1.2", "french-horn": "1.1.2", "guitar-acoustic": "1.1.2", "guitar-electric": "1.1.1",
+    "guitar-nylon": "1.1.1", "harmonium": "1.1.1", "harp": "1.1.1", "organ": "1.1.1", "piano": "1.1.2",
+    "saxophone": "1.1.2", "trombone": "1.1.2", "trumpet": "1.1.2", "tuba": "1.1.2", "violin": "1.1.1",
+    "xylophone": "1.1.2",
+}
+TONEJS_DIR = "sources/tonejs"
 DYNAMIC_VELOCITY = {"pianissimo": 25, "piano": 50, "mezzo-piano": 50, "mezzo-forte": 75, "forte": 100,
                     "fortissimo": 127}
 
@@ -212,9 +232,9 @@ def discover(soundfont_paths, sample_paths, synth_instruments: int = 0,
     for p in sample_paths:
         for folder in sorted(glob.glob(os.path.join(p, "*"))):
             name = os.path.basename(folder)
-            if os.path.isdir(folder) and name in PHILHARMONIA_FAMILY:
-                found.append(Instrument("philharmonia", folder, -1, PHILHARMONIA_FAMILY[name], "acoustic",
-                                        "recording"))
+            if os.path.isdir(folder) and name in RECORDING_FAMILY:
+                found.append(Instrument(os.path.basename(os.path.normpath(p)), folder, -1,
+                                        *RECORDING_FAMILY[name], "recording"))
     for i in range(synth_instruments):
         fam = synth.family_of(i)
         found.append(Instrument("procedural", "procedural", i, fam, synth.SYNTH_FAMILIES[fam][0], "synth"))
@@ -235,6 +255,39 @@ def split_of(inst: Instrument, p: CorpusParams) -> str:
         return "test"
     h = int(hashlib.sha1(f"{p.seed}:{inst.key}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
     return "valid" if h < p.valid_fraction else "train"
+
+
+def fetch_tonejs(dest: str = TONEJS_DIR) -> list[str]:
+    """Download the tonejs-instruments sample sets from the npm registry (``npm pack``, pinned versions) and
+    unpack each into ``dest/<instrument>/`` (its ``<note>.mp3`` files): recording folders for ``--samples``.
+    Folders already there are kept. Returns the instrument folders."""
+    import shutil
+    import subprocess
+    import tarfile
+    import tempfile
+    if shutil.which("npm") is None:
+        raise data.DataError("npm not found: install Node.js and npm (Debian: apt-get install npm) to fetch the "
+                             "tonejs-instruments recordings, or render the corpus without them")
+    folders = []
+    for name, version in TONEJS_INSTRUMENTS.items():
+        folder = os.path.join(dest, name)
+        folders.append(folder)
+        if glob.glob(os.path.join(folder, "*.mp3")):
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            spec = f"tonejs-instrument-{name}-mp3@{version}"
+            run = subprocess.run(["npm", "pack", "--silent", spec], cwd=tmp, capture_output=True, text=True)
+            tgz = glob.glob(os.path.join(tmp, "*.tgz"))
+            if run.returncode or not tgz:
+                raise data.DataError(f"npm pack {spec} failed ({run.stderr.strip()[-200:]}): check that the npm "
+                                     "registry is reachable")
+            os.makedirs(folder, exist_ok=True)
+            with tarfile.open(tgz[0]) as tar:
+                for member in tar.getmembers():
+                    if member.isfile() and member.name.endswith(".mp3"):
+                        member.name = os.path.basename(member.name)
+                        tar.extract(member, folder, filter="data")
+    return folders
 
 
 # ----------------------------------------------------------------------------------------------- rendering
@@ -359,17 +412,26 @@ def note_to_midi(name: str) -> int | None:
     return 12 * (int(m.group(3)) + 1) + _SEMITONE[m.group(1)] + (1 if m.group(2) else 0)
 
 
+def recording_note(filename: str) -> tuple[int | None, int]:
+    """(MIDI pitch, velocity) of a single-note recording from its file name: Philharmonia's
+    ``instrument_note_length_dynamic_...`` (velocity from the dynamic) or a bare note name such as ``As2.mp3``
+    (tonejs-instruments; velocity 75). Pitch None when the name holds no note."""
+    parts = filename.rsplit(".", 1)[0].split("_")
+    if len(parts) == 1:
+        return note_to_midi(parts[0]), 75
+    vel = DYNAMIC_VELOCITY.get(parts[3] if len(parts) > 3 else "", 75)
+    return note_to_midi(parts[1]), vel
+
+
 def render_recordings(inst: Instrument, p: CorpusParams) -> list[tuple[int, int, np.ndarray]]:
     """Up to ``recordings_per_instrument`` recordings of one folder, onset-aligned, 3 s + 1 s release fade."""
     files = sorted(glob.glob(os.path.join(inst.path, "*.mp3")) + glob.glob(os.path.join(inst.path, "*.wav")))
     rng = _rng(inst, p.seed)
     notes = []
     for f in rng.permutation(files):
-        parts = os.path.basename(f).rsplit(".", 1)[0].split("_")
-        pitch = note_to_midi(parts[1]) if len(parts) > 1 else None
+        pitch, vel = recording_note(os.path.basename(f))
         if pitch is None or not 21 <= pitch <= 108:
             continue
-        vel = DYNAMIC_VELOCITY.get(parts[3] if len(parts) > 3 else "", 75)
         try:
             audio = data.load_audio(f, context="recording", reject_silent=True, onset_trim=True)
         except data.DataError:

@@ -257,3 +257,31 @@ def test_recording_rooms_add_reverberant_copies_in_the_same_split(tmp_path):
             assert np.sum(wet[k][-800:] ** 2) > 10 * np.sum(dry[k][-800:] ** 2)   # a room rings on
     a, b = (corpus.render_recordings(c, p)[0][2] for c in copies)
     assert not np.allclose(a, b)                                       # each copy has its own room
+
+
+def test_tonejs_layout_is_read_with_its_family_and_set(tmp_path):
+    """tonejs-instruments folders (`<note>.mp3`/`.wav`, no dynamic in the name) are recording instruments of
+    their own sample set, classed by ``RECORDING_FAMILY``; unknown folders and names without a note are skipped."""
+    import soundfile as sf
+    t = np.arange(2 * 16000) / 16000
+    for folder, notes in (("harmonium", ("A3", "Cs4", "readme")), ("bass-electric", ("E1",)),
+                          ("kazoo", ("A4",))):
+        (tmp_path / "tonejs" / folder).mkdir(parents=True)
+        for n in notes:
+            sf.write(tmp_path / "tonejs" / folder / f"{n}.wav", 0.5 * np.sin(2 * np.pi * 220 * t), 16000)
+    found = corpus.discover([], [str(tmp_path / "tonejs")])
+    assert [(i.sample_set, os.path.basename(i.path), i.family, i.source) for i in found] == [
+        ("tonejs", "bass-electric", "bass", "electronic"), ("tonejs", "harmonium", "organ", "acoustic")]
+    assert found[1].key == "tonejs/harmonium"
+    notes = corpus.render_recordings(found[1], corpus.CorpusParams(reverb_probability=0.0))
+    assert sorted((p, v) for p, v, _ in notes) == [(57, 75), (61, 75)]
+    assert corpus.recording_note("oboe_A4_long_forte_normal.mp3") == (69, 100)
+    assert corpus.recording_note("As2.mp3") == (46, 75) and corpus.recording_note("index.js")[0] is None
+    assert set(corpus.TONEJS_INSTRUMENTS) <= set(corpus.RECORDING_FAMILY)
+    assert all(fam in FAMILIES and src in NSYNTH_SOURCE_NAMES for fam, src in corpus.RECORDING_FAMILY.values())
+
+
+def test_fetch_tonejs_without_npm_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(data.DataError, match="npm not found"):
+        corpus.fetch_tonejs(str(tmp_path / "tonejs"))
