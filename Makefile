@@ -49,12 +49,19 @@ serve:  ## local web page on http://$(SERVE_HOST):$(SERVE_PORT)/ using weights/*
 CORPUS ?= corpus
 SOUNDFONT_PACKAGES = fluid-soundfont-gm musescore-general-soundfont timgm6mb-soundfont csound-soundfont stk faketime \
 	fluidr3mono-gm-soundfont opl3-soundfont
-.PHONY: soundfonts recordings corpus sample weights
+.PHONY: soundfonts recordings evaluate-recordings corpus sample weights
 soundfonts:  ## install the six Debian SoundFont packages the corpus renders, and STK + faketime (needs root)
 	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(SOUNDFONT_PACKAGES)
 
 recordings:  ## fetch the 20 tonejs-instruments recording sets (npm, MIT) into sources/tonejs/ (corpus --samples)
 	$(PYTHON) -c "from nsynth_cnn import corpus; print(len(corpus.fetch_tonejs()), 'folders in', corpus.TONEJS_DIR)"
+
+TONEJS_EVAL ?= corpus-tonejs-eval
+evaluate-recordings: recordings  ## both shipped networks on the tonejs recordings (20 real instruments, 411 notes; none in their training data)
+	$(PYTHON) -m nsynth_cnn corpus --out $(TONEJS_EVAL) --soundfonts --samples sources/tonejs --synth-instruments 0 \
+	  --bank-variations off --notes-per-instrument 16 --seed 0 --layouts tfrecord
+	$(PYTHON) -m nsynth_cnn evaluate --model both --data '$(TONEJS_EVAL)/*/*.tfrecord' --weights weights \
+	  --out weights/evaluation_tonejs.json
 
 CORPUS_ARGS ?=
 corpus:  ## render the NSynth-format corpus into $(CORPUS)/ (Debian SoundFonts + ../shared banks and recordings)
