@@ -18,7 +18,7 @@ import time
 import warnings
 
 from . import data
-from .params import FAMILIES, AugmentParams, TrainParams, WaveformParams
+from .params import FAMILIES, AugmentParams, LogMelParams, TrainParams, WaveformParams
 
 
 def weights_path(out_dir: str, name: str) -> str:
@@ -67,13 +67,14 @@ def train(name: str, train_data, valid_data=None, out_dir: str = "weights", p: T
           mixed_precision: bool | None = None, verbose: int | None = None, cache: bool = True,
           init_from: str | None = None, watch: str | None = None,
           aug: AugmentParams = AugmentParams(), teacher: str | None = None,
-          waveform: WaveformParams = WaveformParams()) -> dict:
+          waveform: WaveformParams = WaveformParams(), logmel: LogMelParams = LogMelParams()) -> dict:
     """Train one network; returns its history (dict of per-epoch lists). Safe to re-run to resume.
 
     ``teacher``: a folder holding a trained ``logmel_cnn.keras`` whose probabilities on each clean note are mixed
     into the training targets (knowledge distillation, :func:`distill_targets`).
 
     ``waveform``: the waveform CNN's front end (e.g. ``WaveformParams().at_rate(12_000)``); unused for the log-mel CNN.
+    ``logmel``: the log-mel CNN's front end (e.g. 128 mel bands); unused for the waveform CNN.
 
     ``watch``: an extra labelled source (e.g. the real NSynth notes) whose accuracy is logged after every
     epoch as ``watch_accuracy``: for the experiment log only, never for checkpoint choice or early stopping.
@@ -106,7 +107,7 @@ def train(name: str, train_data, valid_data=None, out_dir: str = "weights", p: T
         print(f"MirroredStrategy over {strategy.num_replicas_in_sync} device(s)")
     scope = strategy.scope() if strategy else contextlib.nullcontext()
     with scope:
-        model = models.build_model(name, train=p, aug=aug, **_front_kwargs(name, waveform))
+        model = models.build_model(name, train=p, aug=aug, **_front_kwargs(name, waveform, logmel))
         if init_from:                           # fine-tune: start from a saved model's weights
             from .evaluate import WeightsError, load_trained
             start_weights = load_trained(name, init_from).get_weights()
@@ -114,7 +115,7 @@ def train(name: str, train_data, valid_data=None, out_dir: str = "weights", p: T
                 model.set_weights(start_weights)
             except ValueError as err:       # another architecture, e.g. a waveform CNN of another --waveform-rate
                 raise WeightsError(f"{init_from}/{name}_cnn.keras does not fit the network being trained ({err}); "
-                                   "start from weights of the same architecture (same --waveform-rate).") from None
+                                   "start from weights of the same architecture (same --waveform-rate, --mel-bins).") from None
         optimizer = keras.optimizers.AdamW(learning_rate=p.learning_rate, weight_decay=p.weight_decay)
         soft = bool(p.label_smoothing or p.mixup_alpha or teacher)
         model.compile(optimizer=optimizer,
@@ -160,11 +161,11 @@ def train(name: str, train_data, valid_data=None, out_dir: str = "weights", p: T
                   callbacks=callbacks, verbose=verbose, shuffle=False)   # tf.data shuffles the notes itself
     wall = time.time() - start
     final = keras.models.load_model(best) if os.path.isfile(best) else model
-    _save_atomic(final, name, weights_path(out_dir, name), p, aug, waveform)
+    _save_atomic(final, name, weights_path(out_dir, name), p, aug, waveform, logmel)
     history = _json_history(csv_path)
     history["meta"] = {"model": name, "init_from": init_from, "teacher": teacher, "params": dataclasses.asdict(p),
-                       "augment": dataclasses.asdict(aug), **({"waveform": dataclasses.asdict(waveform)}
-                                                             if name == "waveform" else {}),
+                       "augment": dataclasses.asdict(aug),
+                       name: dataclasses.asdict(waveform if name == "waveform" else logmel),
                        "train_data": str(train_data),
                        "valid_data": str(valid_data), "wall_seconds_last_run": round(wall, 1),
                        "gpu": gpu, "keras_backend": keras.backend.backend()}
@@ -249,16 +250,17 @@ def _one_hot(x, y, *w):
     return (x, tf.one_hot(y, len(FAMILIES)), *w)
 
 
-def _front_kwargs(name: str, waveform: WaveformParams) -> dict:
-    return {"p": waveform} if name == "waveform" else {}
+def _front_kwargs(name: str, waveform: WaveformParams, logmel: LogMelParams) -> dict:
+    return {"p": waveform if name == "waveform" else logmel}
 
 
 def _save_atomic(model, name: str, path: str, p: TrainParams = TrainParams(),
-                 aug: AugmentParams = AugmentParams(), waveform: WaveformParams = WaveformParams()) -> None:
+                 aug: AugmentParams = AugmentParams(), waveform: WaveformParams = WaveformParams(),
+                 logmel: LogMelParams = LogMelParams()) -> None:
     """Save an uncompiled copy (weights + architecture, no optimizer state) via a temp file + rename; the copy
     is built with the run's settings, so its (inference-time identity) augmentation layers say what it trained with."""
     from . import models
-    clean = models.build_model(name, train=p, aug=aug, **_front_kwargs(name, waveform))
+    clean = models.build_model(name, train=p, aug=aug, **_front_kwargs(name, waveform, logmel))
     clean.set_weights(model.get_weights())
     tmp = path[:-len(".keras")] + ".tmp.keras"
     clean.save(tmp)
@@ -274,6 +276,18 @@ def _waveform_rate(text: str) -> int:
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"{text!r}: {err}") from None
     return rate
+
+
+def _mel_bins(text: str) -> int:
+    """argparse type of --mel-bins: the image must survive the log-mel CNN's four 2 x 2 poolings."""
+    import argparse
+    try:
+        bins = int(text)
+    except ValueError:
+        bins = 0
+    if bins < 16:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of mel bands, at least 16 (e.g. 64, 128)")
+    return bins
 
 
 def add_parser(sub):
@@ -313,6 +327,9 @@ def add_parser(sub):
     ap.add_argument("--waveform-rate", type=_waveform_rate, default=WaveformParams().target_rate_hz, metavar="HZ",
                     help="rate the waveform CNN downsamples to (8000 or 12000; its filterbank keeps 32 ms "
                          "kernels and 4 ms hops, WaveformParams.at_rate)")
+    ap.add_argument("--mel-bins", type=_mel_bins, default=LogMelParams().num_mel_bins, metavar="N",
+                    help="mel bands of the log-mel CNN's image (LogMelParams.num_mel_bins; 128 resolves twice as many "
+                         "harmonics at about twice the compute)")
     ap.add_argument("--watch", default=None, metavar="PATH",
                     help="labelled notes whose accuracy is logged per epoch (watch_accuracy; not used to choose "
                          "the checkpoint), e.g. ../shared/nsynth-real")
@@ -333,7 +350,8 @@ def _main(args):
                      watch=args.watch, teacher=args.teacher,
                      aug=dataclasses.replace(AugmentParams(), freq_mixstyle_probability=args.freq_mixstyle,
                                              early_release_probability=args.early_release),
-                     waveform=WaveformParams().at_rate(args.waveform_rate))
+                     waveform=WaveformParams().at_rate(args.waveform_rate),
+                     logmel=dataclasses.replace(LogMelParams(), num_mel_bins=args.mel_bins))
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as err:
         raise data.translate_tf_error(err, args.train) from None
     key = "val_accuracy" if args.valid else "accuracy"

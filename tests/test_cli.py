@@ -36,7 +36,7 @@ def trained(workdir):
     proc = run_cli("train", "--model", "logmel", "--train", workdir / "train.tfrecord", "--valid",
                    workdir / "valid", "--out", out, "--epochs", 2, "--steps-per-epoch", 2, "--batch-size", 4,
                    "--shuffle-buffer", 32, "--xla", "off", "--mixup", 0.4, "--freq-mixstyle", 0.5,
-                   "--early-release", 0.3, "--watch", workdir / "valid",
+                   "--early-release", 0.3, "--mel-bins", 48, "--watch", workdir / "valid",
                    timeout=1800)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return out, proc
@@ -64,6 +64,8 @@ def test_train_writes_model_and_history(trained):
     saved = keras.models.load_model(out / "logmel_cnn.keras", compile=False)
     assert saved.get_layer("aug_release").early_probability == pytest.approx(0.3)
     assert saved.get_layer("aug_freq_mixstyle").probability == pytest.approx(0.5)
+    # --mel-bins reaches the saved network's front end and its history
+    assert saved.get_layer("log_mel").num_mel_bins == 48 and hist["meta"]["logmel"]["num_mel_bins"] == 48
     assert hist["meta"]["model"] == "logmel" and hist["meta"]["params"]["batch_size"] == 4
     assert hist["meta"]["params"]["mixup_alpha"] == 0.4
     assert hist["meta"]["augment"]["freq_mixstyle_probability"] == 0.5
@@ -242,6 +244,9 @@ def test_train_with_a_teacher_distils_and_records_it(trained, workdir, tmp_path,
     with pytest.raises(SystemExit):         # argparse's usage error, not a traceback from inside training
         main(args + ["--waveform-rate", "11025"])
     assert "--waveform-rate" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(args + ["--mel-bins", "8"])
+    assert "--mel-bins" in capsys.readouterr().err
     rc = main(args + ["--teacher", str(tmp_path / "no-teacher")])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error:") and "logmel_cnn.keras not found" in err
