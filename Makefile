@@ -4,7 +4,7 @@ PYTHON ?= python
 # Debian packages the tests need (SoundFont for the corpus test, Chromium for the web-page test); .ci/run
 # installs the same list. The full corpus also renders fluid-soundfont-gm, musescore-general-soundfont,
 # fluidr3mono-gm-soundfont, opl3-soundfont and csound-soundfont: `make setup APT_EXTRA="..."`.
-APT_PACKAGES = make timgm6mb-soundfont chromium stk faketime
+APT_PACKAGES = make timgm6mb-soundfont chromium stk faketime freepats timidity
 APT_EXTRA ?=
 # Training data: a folder with train/ and valid/ NSynth splits (TFRecords or JSON+wav), e.g. the output of
 # `python -m nsynth_cnn corpus --out corpus`.
@@ -48,9 +48,9 @@ serve:  ## local web page on http://$(SERVE_HOST):$(SERVE_PORT)/ using weights/*
 # ---- corpus and shipped weights (issue: NSynth-format corpus from real instrument samples)
 CORPUS ?= corpus
 SOUNDFONT_PACKAGES = fluid-soundfont-gm musescore-general-soundfont timgm6mb-soundfont csound-soundfont stk faketime \
-	fluidr3mono-gm-soundfont opl3-soundfont
-.PHONY: soundfonts recordings evaluate-recordings corpus sample weights
-soundfonts:  ## install the six Debian SoundFont packages the corpus renders, and STK + faketime (needs root)
+	fluidr3mono-gm-soundfont opl3-soundfont freepats timidity
+.PHONY: soundfonts recordings evaluate-recordings evaluate-freepats corpus sample weights
+soundfonts:  ## install the six Debian SoundFont packages the corpus renders, STK + faketime, freepats + TiMidity++ (needs root)
 	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(SOUNDFONT_PACKAGES)
 
 recordings:  ## fetch the 20 tonejs-instruments recording sets (npm, MIT) into sources/tonejs/ (corpus --samples)
@@ -62,6 +62,13 @@ evaluate-recordings: recordings  ## both shipped networks on the tonejs recordin
 	  --bank-variations off --notes-per-instrument 16 --seed 0 --layouts tfrecord
 	$(PYTHON) -m nsynth_cnn evaluate --model both --data '$(TONEJS_EVAL)/*/*.tfrecord' --weights weights \
 	  --out weights/evaluation_tonejs.json
+
+FREEPATS_EVAL ?= corpus-freepats-eval
+evaluate-freepats:  ## both shipped networks on Debian's freepats GUS patches (59 GM programs, 944 notes; none in their training data)
+	$(PYTHON) -m nsynth_cnn corpus --out $(FREEPATS_EVAL) --soundfonts --samples --synth-instruments 0 \
+	  --bank-variations off --freepats on --notes-per-instrument 16 --seed 0 --layouts tfrecord
+	$(PYTHON) -m nsynth_cnn evaluate --model both --data '$(FREEPATS_EVAL)/*/*.tfrecord' --weights weights \
+	  --out weights/evaluation_freepats.json
 
 CORPUS_ARGS ?=
 corpus:  ## render the NSynth-format corpus into $(CORPUS)/ (Debian SoundFonts + ../shared banks and recordings)

@@ -132,6 +132,8 @@ class CorpusParams:
     recording_rooms: int = 1           # each recording folder rendered this many times, copies 2.. each in
                                        # its own random synthetic room (always reverberant): oversamples the
                                        # only real recordings; 1 = once (v5)
+    freepats: bool = False             # the programs of Debian's freepats GUS patch set (gus.py, rendered by
+                                       # TiMidity++); False = none (v5). Left out, with a warning, where missing
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +143,7 @@ class Instrument:
     program: int        # GM program (-1 for recordings)
     family: str
     source: str
-    kind: str           # "soundfont" | "recording" | "synth" | "stk"
+    kind: str           # "soundfont" | "recording" | "synth" | "stk" | "gus"
     bank: int = 0       # SoundFont bank: 0 = the GM preset, 1-127 = a GS-style variation of the program
     room: int = 0       # recordings: 0 = as recorded (room with p.reverb_probability), k >= 1 = k-th extra
                         # copy in a random room; shares the split of copy 0 (same key), not its random draws
@@ -195,14 +197,16 @@ def bank_variations(path: str, max_similarity: float = 0.98) -> list[tuple[int, 
 
 
 def discover(soundfont_paths, sample_paths, synth_instruments: int = 0,
-             variations: bool = False, stk_instruments: int = 0, recording_rooms: int = 1) -> list[Instrument]:
+             variations: bool = False, stk_instruments: int = 0, recording_rooms: int = 1,
+             freepats: bool = False) -> list[Instrument]:
     """Every instrument in the given SoundFont files/folders and recording folders, deduplicated, plus
     ``synth_instruments`` procedural ones (sample set ``procedural``; family by :func:`synth.family_of`),
     with ``variations`` the variation presets of complete banks (:func:`bank_variations`), then
-    ``stk_instruments`` STK ones (sample set ``stk``; class by :func:`stk.voice_of`), then ``recording_rooms - 1``
+    ``stk_instruments`` STK ones (sample set ``stk``; class by :func:`stk.voice_of`), with ``freepats`` the GM
+    programs of the freepats GUS patch set that have a family (sample set ``freepats``), then ``recording_rooms - 1``
     more copies of every recording folder (:attr:`Instrument.room`). Each addition comes after
     the earlier ones, so the instruments (and their names) of a corpus without it keep their order."""
-    from . import stk, synth
+    from . import gus, stk, synth
     found, seen, varied = [], set(), []
     for p in soundfont_paths:
         if os.path.isdir(p):
@@ -245,6 +249,12 @@ def discover(soundfont_paths, sample_paths, synth_instruments: int = 0,
         stk_instruments = 0
     played = [Instrument("stk", stk.voice_of(i), i, *stk.VOICES[stk.voice_of(i)][:2], "stk")
               for i in range(stk_instruments)]
+    if freepats and not gus.available():
+        warnings.warn(f"{gus.TIMIDITY} or {gus.FREEPATS_CFG} not found: the corpus is rendered without the freepats "
+                      "instruments (install the Debian packages timidity and freepats: make soundfonts)", stacklevel=2)
+        freepats = False
+    played += [Instrument("freepats", gus.FREEPATS_CFG, prog, *GM_FAMILY[prog], "gus")
+               for prog in (sorted(gus.programs()) if freepats else []) if prog in GM_FAMILY]
     rooms = [dataclasses.replace(inst, room=k) for k in range(1, recording_rooms)
              for inst in found if inst.kind == "recording"]
     return found + varied + played + rooms
@@ -474,10 +484,30 @@ def render_stk(inst: Instrument, p: CorpusParams, probe_notes: int = 6,
     return []
 
 
+def render_gus(inst: Instrument, p: CorpusParams) -> list[tuple[int, int, np.ndarray]]:
+    """``p.notes_per_instrument`` notes of one GUS patch program (``inst.path`` = TiMidity configuration file);
+    a note TiMidity cannot play, or that is silent or clipped, is redrawn at another pitch."""
+    from . import gus
+    import soxr
+    rng = _rng(inst, p.seed)
+    notes = []
+    for pitch in _pitch_order(inst, rng):
+        vel = int(rng.choice(VELOCITIES))
+        audio = gus.render_note(inst.program, int(pitch), vel, p.render_rate_hz, inst.path)
+        if audio is None:
+            continue
+        audio = data.fit_length(soxr.resample(audio, p.render_rate_hz, AUDIO.sample_rate_hz, quality="HQ"))
+        if np.max(np.abs(audio)) >= p.min_peak:
+            notes.append((int(pitch), vel, _finish(audio, rng, p)))
+        if len(notes) >= p.notes_per_instrument:
+            break
+    return notes
+
+
 def render_instrument(args) -> list[tuple[int, int, np.ndarray]]:
     inst, p = args
-    return {"recording": render_recordings, "synth": render_synth,
-            "stk": render_stk}.get(inst.kind, render_soundfont)(inst, p)
+    return {"recording": render_recordings, "synth": render_synth, "stk": render_stk,
+            "gus": render_gus}.get(inst.kind, render_soundfont)(inst, p)
 
 
 # ----------------------------------------------------------------------------------------------- writing
@@ -487,7 +517,7 @@ def build(out_dir: str, soundfont_paths=DEFAULT_SOUNDFONTS, sample_paths=DEFAULT
     """Render the corpus into ``out_dir/{train,valid,test}``; returns per-split statistics."""
     from tqdm import tqdm
     instruments = discover(soundfont_paths, sample_paths, p.synth_instruments, p.bank_variations,
-                           p.stk_instruments, p.recording_rooms)
+                           p.stk_instruments, p.recording_rooms, p.freepats)
     if not instruments:
         raise data.DataError("No SoundFonts or recordings found. Install the Debian SoundFont packages "
                              "(make setup) or pass --soundfonts/--samples paths.")
@@ -577,6 +607,9 @@ def add_parser(sub):
                          "'off' = v4 (default: %(default)s, the corpus of the shipped weights)")
     ap.add_argument("--stk-instruments", type=int, default=CorpusParams.stk_instruments,
                     help="STK physical-model and FM instruments to add (Debian package stk; 0 = none, as in v5)")
+    ap.add_argument("--freepats", choices=("on", "off"), default="on" if CorpusParams.freepats else "off",
+                    help="also render the programs of Debian's freepats GUS patch set with TiMidity++ (packages "
+                         "freepats and timidity; default: %(default)s, as in v5)")
     ap.add_argument("--recording-rooms", type=int, default=CorpusParams.recording_rooms,
                     help="render every recording folder this many times, the extra copies each in a random "
                          "synthetic room (oversamples the real recordings; 1 = once, as in v5)")
@@ -590,7 +623,8 @@ def add_parser(sub):
 def _main(args):
     p = CorpusParams(notes_per_instrument=args.notes_per_instrument, seed=args.seed,
                      synth_instruments=args.synth_instruments, bank_variations=args.bank_variations == "on",
-                     stk_instruments=args.stk_instruments, recording_rooms=args.recording_rooms)
+                     stk_instruments=args.stk_instruments, recording_rooms=args.recording_rooms,
+                     freepats=args.freepats == "on")
     stats = build(args.out, args.soundfonts, args.samples, p, tuple(args.layouts.split(",")), args.workers,
                   args.limit_instruments)
     for split, st in stats.items():
