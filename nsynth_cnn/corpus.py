@@ -455,30 +455,40 @@ def render_recordings(inst: Instrument, p: CorpusParams) -> list[tuple[int, int,
     return notes
 
 
+def _played_notes(inst: Instrument, p: CorpusParams, rng: np.random.Generator, play,
+                  probe_notes: int | None = None) -> list[tuple[int, int, np.ndarray]]:
+    """Notes ``play(pitch, velocity)`` renders at ``p.render_rate_hz`` (None = it did not sound), over the
+    family's pitches in random order, resampled to 16 kHz, until ``p.notes_per_instrument``; none if the first
+    ``probe_notes`` pitches all fail."""
+    import soxr
+    notes = []
+    for tried, pitch in enumerate(_pitch_order(inst, rng)):
+        if probe_notes is not None and tried >= probe_notes and not notes:
+            break
+        vel = int(rng.choice(VELOCITIES))
+        audio = play(int(pitch), vel)
+        if audio is None:
+            continue
+        audio = data.fit_length(soxr.resample(audio, p.render_rate_hz, AUDIO.sample_rate_hz, quality="HQ"))
+        if np.max(np.abs(audio)) >= p.min_peak:
+            notes.append((int(pitch), vel, _finish(audio, rng, p)))
+        if len(notes) >= p.notes_per_instrument:
+            break
+    return notes
+
+
 def render_stk(inst: Instrument, p: CorpusParams, probe_notes: int = 6,
                settings: int = 8) -> list[tuple[int, int, np.ndarray]]:
     """``p.notes_per_instrument`` notes of one STK instrument (its class ``inst.path``, one random setting of
     its controls); a note that does not sound is redrawn at another pitch, and a setting none of whose first
     ``probe_notes`` notes sounds (a physical model that will not speak) is replaced, up to ``settings`` times."""
     from . import stk
-    import soxr
     rng = _rng(inst, p.seed)
     for _ in range(settings):
         controls = stk.random_controls(inst.path, rng)
-        notes = []
-        for tried, pitch in enumerate(_pitch_order(inst, rng)):
-            if tried >= probe_notes and not notes:
-                break
-            vel = int(rng.choice(VELOCITIES))
-            audio = stk.render_note(inst.path, controls, int(pitch), vel, p.render_rate_hz,
-                                    noise_seed=int(rng.integers(0, 10 ** 8)))
-            if audio is None:
-                continue
-            audio = data.fit_length(soxr.resample(audio, p.render_rate_hz, AUDIO.sample_rate_hz, quality="HQ"))
-            if np.max(np.abs(audio)) >= p.min_peak:
-                notes.append((int(pitch), vel, _finish(audio, rng, p)))
-            if len(notes) >= p.notes_per_instrument:
-                break
+        notes = _played_notes(inst, p, rng, lambda pitch, vel: stk.render_note(
+            inst.path, controls, pitch, vel, p.render_rate_hz, noise_seed=int(rng.integers(0, 10 ** 8))),
+            probe_notes)
         if notes:
             return notes
     return []
@@ -488,20 +498,8 @@ def render_gus(inst: Instrument, p: CorpusParams) -> list[tuple[int, int, np.nda
     """``p.notes_per_instrument`` notes of one GUS patch program (``inst.path`` = TiMidity configuration file);
     a note TiMidity cannot play, or that is silent or clipped, is redrawn at another pitch."""
     from . import gus
-    import soxr
-    rng = _rng(inst, p.seed)
-    notes = []
-    for pitch in _pitch_order(inst, rng):
-        vel = int(rng.choice(VELOCITIES))
-        audio = gus.render_note(inst.program, int(pitch), vel, p.render_rate_hz, inst.path)
-        if audio is None:
-            continue
-        audio = data.fit_length(soxr.resample(audio, p.render_rate_hz, AUDIO.sample_rate_hz, quality="HQ"))
-        if np.max(np.abs(audio)) >= p.min_peak:
-            notes.append((int(pitch), vel, _finish(audio, rng, p)))
-        if len(notes) >= p.notes_per_instrument:
-            break
-    return notes
+    return _played_notes(inst, p, _rng(inst, p.seed),
+                         lambda pitch, vel: gus.render_note(inst.program, pitch, vel, p.render_rate_hz, inst.path))
 
 
 def render_instrument(args) -> list[tuple[int, int, np.ndarray]]:
