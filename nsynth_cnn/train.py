@@ -70,8 +70,8 @@ def train(name: str, train_data, valid_data=None, out_dir: str = "weights", p: T
           waveform: WaveformParams = WaveformParams(), logmel: LogMelParams = LogMelParams()) -> dict:
     """Train one network; returns its history (dict of per-epoch lists). Safe to re-run to resume.
 
-    ``teacher``: a folder holding a trained ``logmel_cnn.keras`` whose probabilities on each clean note are mixed
-    into the training targets (knowledge distillation, :func:`distill_targets`).
+    ``teacher``: a folder holding a trained ``logmel_cnn.keras`` whose probabilities on each training note (after
+    mixup, when it is on) are mixed into the training targets (knowledge distillation, :func:`distill_targets`).
 
     ``waveform``: the waveform CNN's front end (e.g. ``WaveformParams().at_rate(12_000)``); unused for the log-mel CNN.
     ``logmel``: the log-mel CNN's front end (e.g. 128 mel bands); unused for the waveform CNN.
@@ -126,12 +126,11 @@ def train(name: str, train_data, valid_data=None, out_dir: str = "weights", p: T
     if soft:
         train_ds = train_ds.map(_one_hot)
         valid_ds = valid_ds.map(_one_hot) if valid_ds is not None else None
+    teacher_model = None
     if teacher:
         from .evaluate import load_trained
-        train_ds = train_ds.map(distill_targets(load_trained("logmel", teacher), p.distill_weight,
-                                                p.distill_temperature))
-    if p.mixup_alpha:
-        train_ds = train_ds.map(lambda *b: mixup_batch(*b, alpha=p.mixup_alpha, seed=p.seed))
+        teacher_model = load_trained("logmel", teacher)
+    train_ds = soft_targets(train_ds, p, teacher_model)
 
     monitor = "val_accuracy" if valid_ds is not None else "accuracy"
     best = os.path.join(out_dir, f".{name}_cnn.best.keras")
@@ -234,8 +233,8 @@ def mixup_batch(x, y, *w, alpha: float, seed: int = 0):
 def distill_targets(teacher, weight: float, temperature: float = 1.0):
     """Batch map for knowledge distillation (Hinton et al., 2015): each one-hot target ``y`` becomes
     ``(1 - weight) * y + weight * q`` with ``q = softmax(log p / temperature)`` the teacher's probabilities ``p``
-    for the note, softened. The teacher sees the clean note (its augmentation layers are off at inference);
-    the student sees its own augmented copy and learns which families the note resembles, not only its label."""
+    for the note, softened. The teacher sees the note the pipeline hands on (clean, or mixed by mixup: its own
+    augmentation layers are off at inference); the student sees its own augmented copy and learns which families the note resembles, not only its label."""
     import tensorflow as tf
 
     def fn(x, y, *w):
@@ -243,6 +242,17 @@ def distill_targets(teacher, weight: float, temperature: float = 1.0):
         q = tf.nn.softmax(tf.math.log(tf.maximum(p, 1e-7)) / temperature, axis=-1)
         return (x, (1.0 - weight) * y + weight * q, *w)
     return fn
+
+
+def soft_targets(ds, p: TrainParams, teacher=None):
+    """The training batches' targets: mixup (``p.mixup_alpha``) first, then the teacher's probabilities on the
+    **mixed** note, so that teacher and student judge the same input (Beyer et al., 2022, "consistent teaching";
+    with ``p.distill_weight = 1`` the student only matches the teacher's function)."""
+    if p.mixup_alpha:
+        ds = ds.map(lambda *b: mixup_batch(*b, alpha=p.mixup_alpha, seed=p.seed))
+    if teacher is not None:
+        ds = ds.map(distill_targets(teacher, p.distill_weight, p.distill_temperature))
+    return ds
 
 
 def _one_hot(x, y, *w):

@@ -75,3 +75,23 @@ def test_distill_targets_mix_the_label_with_the_softened_teacher():
         np.testing.assert_array_equal(np.asarray(xo), np.asarray(x))
         np.testing.assert_array_equal(np.asarray(wo), np.asarray(w))
     assert q[1] / q[0] > p[1] / p[0]                                      # T = 2 flattens the teacher's view
+
+
+def test_with_mixup_the_teacher_labels_the_mixed_note():
+    """Consistent teaching: mixup comes first, so the teacher's probabilities are those of the mixed input the
+    student sees, not a mix of the two clean notes' probabilities."""
+    import dataclasses
+    import keras
+    import tensorflow as tf
+    from nsynth_cnn.params import TrainParams
+    keras.utils.set_random_seed(0)
+    teacher = keras.Sequential([keras.Input((16,)), keras.layers.Dense(10), keras.layers.Softmax()])
+    x = tf.random.normal((8, 16))
+    y = tf.one_hot([0, 1, 2, 3, 4, 5, 6, 7], 10)
+    w = tf.ones((8,))
+    p = dataclasses.replace(TrainParams(), mixup_alpha=1.0, distill_weight=1.0, distill_temperature=1.0)
+    xo, yo, _ = next(iter(train.soft_targets(tf.data.Dataset.from_tensors((x, y, w)), p, teacher)))
+    assert not np.allclose(np.asarray(xo), np.asarray(x))                         # the notes were mixed ...
+    np.testing.assert_allclose(np.asarray(yo), np.asarray(teacher(xo)), atol=1e-5)   # ... and judged mixed
+    q = np.asarray(teacher(x))
+    assert not np.allclose(np.asarray(yo), q) and not np.allclose(np.asarray(yo), np.asarray(y))
