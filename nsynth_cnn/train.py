@@ -233,8 +233,9 @@ def mixup_batch(x, y, *w, alpha: float, seed: int = 0):
 def distill_targets(teacher, weight: float, temperature: float = 1.0):
     """Batch map for knowledge distillation (Hinton et al., 2015): each one-hot target ``y`` becomes
     ``(1 - weight) * y + weight * q`` with ``q = softmax(log p / temperature)`` the teacher's probabilities ``p``
-    for the note, softened. The teacher sees the note the pipeline hands on (clean, or mixed by mixup: its own
-    augmentation layers are off at inference); the student sees its own augmented copy and learns which families the note resembles, not only its label."""
+    for the note, softened. The teacher sees the note the pipeline hands on (clean, or mixed by mixup; its own
+    augmentation layers are off at inference); the student sees its own augmented copy and learns which
+    families the note resembles, not only its label."""
     import tensorflow as tf
 
     def fn(x, y, *w):
