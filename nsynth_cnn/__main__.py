@@ -1,6 +1,7 @@
-"""Command line: ``python -m nsynth_cnn {train,evaluate,predict,corpus,prepare,bench,serve} ...``.
+"""Command line of the product: ``python -m nsynth_cnn {train,evaluate,predict,prepare} ...``.
 
-Each sub-command lives in its own module, which adds its parser with ``add_parser(subparsers)``.
+Each sub-command lives in its own module, which adds its parser with ``add_parser(subparsers)``. The developer
+tools (corpus rendering, benchmark, web page) have their own entry point, ``python -m nsynth_cnn.tools``.
 """
 from __future__ import annotations
 
@@ -8,22 +9,18 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ("train", "evaluate", "predict", "corpus", "prepare", "bench", "serve")
+COMMAND_MODULES = ("nsynth_cnn.train", "nsynth_cnn.evaluate", "nsynth_cnn.predict", "nsynth_cnn.prepare")
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m nsynth_cnn", description=__doc__.splitlines()[0])
+def run(prog: str, description: str, modules, argv=None) -> int:
+    """Parse ``argv`` with the sub-commands of ``modules`` and run one; a :class:`DataError` (bad input, with a
+    message saying what to do) is one line on stderr and exit code 2, never a traceback."""
+    ap = argparse.ArgumentParser(prog=prog, description=description)
     sub = ap.add_subparsers(dest="command", required=True)
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"nsynth_cnn.{name}")
-        except ModuleNotFoundError as err:
-            if err.name == f"nsynth_cnn.{name}":
-                continue   # command not built in this checkout
-            raise
-        module.add_parser(sub)
+    for name in modules:
+        importlib.import_module(name).add_parser(sub)
     args = ap.parse_args(argv)
-    from .data import DataError
+    from .schema import DataError
     try:
         return int(args.func(args) or 0)
     except DataError as err:
@@ -32,6 +29,10 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def main(argv=None) -> int:
+    return run("python -m nsynth_cnn", __doc__.splitlines()[0], COMMAND_MODULES, argv)
 
 
 if __name__ == "__main__":

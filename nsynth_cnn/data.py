@@ -1,14 +1,14 @@
-"""NSynth data layer: the official TFRecord schema, the JSON+wav layout, a writer, and audio-file loading.
+"""NSynth data layer: readers of the TFRecord and JSON+wav layouts, training batches, a writer, audio files.
 
-Every reader yields the same element: a dict with ``audio`` (float32, 64,000 samples at 16 kHz in [-1, 1]),
-``label`` (0..9, our class index; synth_lead is dropped), and the NSynth metadata (``note_str``, ``pitch``,
-``velocity``, ``instrument_str``, ``instrument_family``, ...).
+Every reader yields the element of :mod:`nsynth_cnn.schema` (audio, label, NSynth metadata); prepared int16
+shards (:mod:`nsynth_cnn.shards`) are read like any other TFRecord source.
 
 Bad input raises :class:`DataError` with a message that says what to do.
 """
 from __future__ import annotations
 
 import glob
+import itertools
 import json
 import os
 import re
@@ -18,68 +18,12 @@ from typing import Any
 
 import numpy as np
 
+from . import shards
 from .params import (AUDIO, FAMILIES, NSYNTH_FAMILY_NAMES, NSYNTH_QUALITY_NAMES, NSYNTH_SOURCE_NAMES,
-                     NUM_CLASSES, SYNTH_LEAD_ID, nsynth_family_to_label)
-
-
-class DataError(Exception):
-    """Input data that cannot be used; the message says what is wrong and what to do."""
-
-
-# ----------------------------------------------------------------------------------------------- schema
-INT_FEATURES = ("note", "instrument", "pitch", "velocity", "sample_rate",
-                "instrument_family", "instrument_source")
-STR_FEATURES = ("note_str", "instrument_str", "instrument_family_str", "instrument_source_str")
-META_KEYS = INT_FEATURES + STR_FEATURES
-
-
-def _tf():
-    import tensorflow as tf  # imported lazily: `predict` on one file should not pay for tf.data setup
-    return tf
-
-
-def feature_spec() -> dict:
-    """The exact NSynth TFRecord schema (tf.train.Example features)."""
-    tf = _tf()
-    spec = {k: tf.io.FixedLenFeature([], tf.int64) for k in INT_FEATURES}
-    spec.update({k: tf.io.FixedLenFeature([], tf.string) for k in STR_FEATURES})
-    spec["audio"] = tf.io.FixedLenFeature([AUDIO.num_samples], tf.float32)
-    spec["qualities"] = tf.io.FixedLenFeature([len(NSYNTH_QUALITY_NAMES)], tf.int64)
-    spec["qualities_str"] = tf.io.VarLenFeature(tf.string)
-    return spec
-
-
-def _family_table():
-    """NSynth family id -> class index, -1 for synth_lead (a static lookup usable in graph code)."""
-    return np.array([nsynth_family_to_label(i) if i != SYNTH_LEAD_ID else -1
-                     for i in range(len(NSYNTH_FAMILY_NAMES))], np.int32)
-
-
-LEAN_FIELDS = ("audio", "instrument_family")   # all that training needs (audio, label)
-
-
-def parse_serialized(serialized, fields: tuple[str, ...] | None = None):
-    """Parse a *vector* of serialized NSynth examples into our element dict of batched tensors (graph
-    code). Parsing a batch at once (``tf.io.parse_example``) costs a fraction of one call per record;
-    ``fields`` (e.g. :data:`LEAN_FIELDS`) parses only those features."""
-    tf = _tf()
-    spec = feature_spec()
-    ex = tf.io.parse_example(serialized, spec if fields is None else {k: spec[k] for k in fields})
-    return element_from_parsed(ex, ex["audio"])
-
-
-def element_from_parsed(ex: dict, audio):
-    """The element dict from parsed (batched) features and the float32 audio: int32 ids, label (-1 for
-    synth_lead). Shared by the NSynth parser and the prepared-shard parser."""
-    tf = _tf()
-    out = {k: tf.cast(ex[k], tf.int32) for k in INT_FEATURES if k in ex}
-    out.update({k: ex[k] for k in STR_FEATURES if k in ex})
-    out["audio"] = audio
-    if "qualities" in ex:
-        out["qualities"] = tf.cast(ex["qualities"], tf.int32)
-    family = tf.clip_by_value(out["instrument_family"], 0, len(NSYNTH_FAMILY_NAMES) - 1)
-    out["label"] = tf.gather(tf.constant(_family_table()), family)
-    return out
+                     NUM_CLASSES, SYNTH_LEAD_ID)
+from .schema import (INT_FEATURES, LEAN_FIELDS, META_KEYS, STR_FEATURES, DataError,  # noqa: F401 (re-exported)
+                     element_from_parsed, element_signature, feature_spec, metadata_element, parse_serialized,
+                     tensorflow)
 
 
 # ----------------------------------------------------------------------------------------------- sources
@@ -125,7 +69,7 @@ def tfrecord_dataset(files: list[str], *, parallel_reads: int | None = None, shu
     interleaved one at a time, without a fixed output order; otherwise the order is deterministic.
     ``fields=LEAN_FIELDS`` parses only the audio and family (elements: audio, instrument_family, label).
     """
-    tf = _tf()
+    tf = tensorflow()
     ds = record_dataset(files, parallel_reads=parallel_reads, shuffle_seed=shuffle_seed)
     parser = record_parser(files)
     ds = ds.batch(PARSE_BATCH).map(lambda s: parser(s, fields), num_parallel_calls=tf.data.AUTOTUNE).unbatch()
@@ -135,7 +79,7 @@ def tfrecord_dataset(files: list[str], *, parallel_reads: int | None = None, shu
 def record_dataset(files: list[str], *, parallel_reads: int | None = None, shuffle_seed: int | None = None):
     """The serialized records of ``files`` (not parsed), read interleaved; with ``shuffle_seed`` in
     shuffled file order and without a fixed output order."""
-    tf = _tf()
+    tf = tensorflow()
     files_ds = tf.data.Dataset.from_tensor_slices(files)
     if shuffle_seed is not None:
         files_ds = files_ds.shuffle(len(files), seed=shuffle_seed)
@@ -147,14 +91,13 @@ def record_dataset(files: list[str], *, parallel_reads: int | None = None, shuff
 
 def record_parser(files: list[str]):
     """The (batched) parse function for ``files``: :func:`parse_serialized` for NSynth-schema TFRecords, or
-    ``prepare.parse_prepared`` for int16 shards written by ``python -m nsynth_cnn prepare`` (recognised by
+    ``shards.parse_prepared`` for int16 shards written by ``python -m nsynth_cnn prepare`` (recognised by
     the ``prepared.json`` marker beside them). Both give the same element dict."""
-    from . import prepare
-    return prepare.parse_prepared if prepare.is_prepared(files) else parse_serialized
+    return shards.parse_prepared if shards.is_prepared(files) else parse_serialized
 
 
 def _compression(filename) -> str:
-    tf = _tf()
+    tf = tensorflow()
     return tf.where(tf.strings.regex_full_match(filename, r".*\.gz"), "GZIP", "")
 
 
@@ -189,10 +132,16 @@ def read_examples_json(folder: str) -> dict:
     return meta
 
 
-def jsonwav_records(folder: str) -> Iterator[dict]:
-    """Elements (numpy) from an NSynth JSON+wav folder, in note_str order, synth_lead dropped."""
+def jsonwav_records(folder: str, shuffle_seed=None) -> Iterator[dict]:
+    """Elements (numpy) from an NSynth JSON+wav folder, synth_lead dropped: in note_str order (deterministic,
+    for evaluation) or, with ``shuffle_seed`` (an int or a sequence of ints), in a seeded random order. The
+    note_str order is sorted by family, so training needs the shuffled order (the metadata is in memory, so
+    shuffling the note list costs nothing)."""
     meta = read_examples_json(folder)
-    for note_str in sorted(meta):
+    order = sorted(meta)
+    if shuffle_seed is not None:
+        order = [order[i] for i in np.random.default_rng(shuffle_seed).permutation(len(order))]
+    for note_str in order:
         m = meta[note_str]
         if m.get("instrument_family") == SYNTH_LEAD_ID:
             continue
@@ -202,35 +151,19 @@ def jsonwav_records(folder: str) -> Iterator[dict]:
         yield metadata_element(m, load_audio(wav, context="NSynth note"))
 
 
-def metadata_element(meta: Mapping[str, Any], audio: np.ndarray) -> dict:
-    """Build our element dict (numpy values) from NSynth JSON metadata and a 64,000-sample waveform."""
-    out = {}
-    for k in INT_FEATURES:
-        out[k] = np.int32(meta.get(k, AUDIO.sample_rate_hz if k == "sample_rate" else 0))
-    for k in STR_FEATURES:
-        out[k] = str(meta.get(k, "")).encode()
-    q = meta.get("qualities", [0] * len(NSYNTH_QUALITY_NAMES))
-    out["qualities"] = np.asarray(q, np.int32)
-    out["audio"] = np.asarray(audio, np.float32)
-    out["label"] = np.int32(nsynth_family_to_label(int(out["instrument_family"])))
-    return out
+def jsonwav_dataset(folder: str, shuffle_seed: int | None = None):
+    """The JSON+wav layout as a tf.data.Dataset with the same element structure as the TFRecord reader.
 
-
-def jsonwav_dataset(folder: str):
-    """The JSON+wav layout as a tf.data.Dataset with the same element structure as the TFRecord reader."""
-    tf = _tf()
+    Without ``shuffle_seed``: note_str order (evaluation). With it (training): a new seeded permutation of the
+    notes on every pass over the dataset (epoch ``k`` uses seed ``[shuffle_seed, k]``), so family-sorted
+    folders come out mixed even through a small shuffle buffer."""
+    tf = tensorflow()
     sig = element_signature()
-    return tf.data.Dataset.from_generator(lambda: jsonwav_records(folder), output_signature=sig)
-
-
-def element_signature() -> dict:
-    tf = _tf()
-    sig = {k: tf.TensorSpec([], tf.int32) for k in INT_FEATURES}
-    sig.update({k: tf.TensorSpec([], tf.string) for k in STR_FEATURES})
-    sig["qualities"] = tf.TensorSpec([len(NSYNTH_QUALITY_NAMES)], tf.int32)
-    sig["audio"] = tf.TensorSpec([AUDIO.num_samples], tf.float32)
-    sig["label"] = tf.TensorSpec([], tf.int32)
-    return sig
+    if shuffle_seed is None:
+        return tf.data.Dataset.from_generator(lambda: jsonwav_records(folder), output_signature=sig)
+    epochs = itertools.count()
+    return tf.data.Dataset.from_generator(
+        lambda: jsonwav_records(folder, shuffle_seed=[int(shuffle_seed), next(epochs)]), output_signature=sig)
 
 
 def nsynth_dataset(path):
@@ -256,7 +189,7 @@ def translate_tf_error(err: Exception, source) -> DataError:
 
 def iterate(ds, source) -> Iterator[Any]:
     """Iterate a dataset as numpy, turning TensorFlow read errors into :class:`DataError`."""
-    tf = _tf()
+    tf = tensorflow()
     it = iter(ds.as_numpy_iterator())
     while True:
         try:
@@ -294,10 +227,12 @@ def training_dataset(path, *, batch_size: int, shuffle_buffer: int, seed: int,
     """Batches of ``(audio, label[, sample_weight])`` for ``model.fit``.
 
     Shuffling: the official train file is sorted by family, so a shuffle buffer smaller than a family
-    gives single-class batches. Several shard files are read interleaved and shuffled at file level; for the
-    official single file, run ``python -m nsynth_cnn prepare`` once (shuffled int16 shards) first.
+    gives single-class batches. Several shard files are read interleaved and shuffled at file level; a JSON+wav
+    folder is read in a seeded random note order; for the official single file, pass the path through
+    :func:`nsynth_cnn.prepare.ensure_mixed` first (one-time conversion to shuffled int16 shards, reused).
+    :func:`families_per_batch` measures the result.
     """
-    tf = _tf()
+    tf = tensorflow()
     kind, files = resolve_source(path)
     weights = None if class_weights is None else tf.constant(class_weights, tf.float32)
 
@@ -310,11 +245,10 @@ def training_dataset(path, *, batch_size: int, shuffle_buffer: int, seed: int,
         warnings.warn(f"{path}: its audio as float32 would fill more than half the RAM; not caching it "
                       "(each epoch reads it again; prepared shards keep that fast).", stacklevel=2)
         cache = False
-    from .prepare import is_prepared
-    if kind == "tfrecord" and not cache and is_prepared(files):
+    if kind == "tfrecord" and not cache and shards.is_prepared(files):
         return _prepared_batches(files, batch_size, shuffle_buffer, seed, repeat, to_xy)
     ds = (tfrecord_dataset(files, shuffle_seed=seed, fields=LEAN_FIELDS) if kind == "tfrecord"
-          else jsonwav_dataset(files[0]))
+          else jsonwav_dataset(files[0], shuffle_seed=seed))
     ds = ds.map(to_xy, num_parallel_calls=tf.data.AUTOTUNE)
     if cache:
         ds = ds.cache()
@@ -332,7 +266,7 @@ def _prepared_batches(files, batch_size, shuffle_buffer, seed, repeat, to_xy):
     the element-wise reader (docs/performance.md). Prepared shards hold no synth_lead, so nothing is filtered.
     NSynth's own float32 records are as big serialized as parsed, and filtering synth_lead out of them before
     batching cost more than it saved, so they keep the element-wise reader."""
-    tf = _tf()
+    tf = tensorflow()
     ds = record_dataset(files, shuffle_seed=seed)
     if shuffle_buffer:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
@@ -345,11 +279,10 @@ def _prepared_batches(files, batch_size, shuffle_buffer, seed, repeat, to_xy):
 
 def _fits_in_ram(kind: str, files: list[str], fraction: float = 0.5) -> bool:
     """Whether the source's audio as float32 (what ``Dataset.cache()`` keeps) fits in ``fraction`` of RAM."""
-    from .prepare import is_prepared
     if kind == "jsonwav":
         size = 2 * sum(os.path.getsize(f) for f in glob.glob(os.path.join(files[0], "audio", "*.wav")))
     else:
-        size = sum(os.path.getsize(f) for f in files) * (2 if is_prepared(files) else 1)
+        size = sum(os.path.getsize(f) for f in files) * (2 if shards.is_prepared(files) else 1)
     try:
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
@@ -373,6 +306,20 @@ def label_counts(path) -> np.ndarray:
     return counts
 
 
+def families_per_batch(dataset, batches: int = 20) -> float:
+    """Mean number of distinct labels per batch over the first ``batches`` batches of a training dataset of
+    ``(x, y[, w])`` batches (y: int labels, or one-hot / soft rows, counted by their largest entry). About 1-2
+    for a family-sorted source read through a small shuffle buffer; close to 10 when the notes are mixed."""
+    seen = []
+    for batch in dataset.take(batches).as_numpy_iterator():
+        y = np.asarray(batch[1])
+        labels = y.argmax(axis=-1) if y.ndim > 1 else y.reshape(-1)
+        seen.append(len(np.unique(labels)))
+    if not seen:
+        raise DataError("families_per_batch: the dataset yielded no batch.")
+    return float(np.mean(seen))
+
+
 def balanced_class_weights(counts: np.ndarray) -> np.ndarray:
     """Inverse-frequency weights, normalised so that the average weight per note is 1."""
     counts = np.asarray(counts, np.float64)
@@ -384,18 +331,18 @@ def balanced_class_weights(counts: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------- writing
 def _bytes(v):
-    tf = _tf()
+    tf = tensorflow()
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v if isinstance(v, bytes) else str(v).encode()]))
 
 
 def _ints(vs):
-    tf = _tf()
+    tf = tensorflow()
     return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in np.atleast_1d(vs)]))
 
 
 def serialize_note(meta: Mapping[str, Any], audio: np.ndarray) -> bytes:
     """One NSynth-schema tf.train.Example. ``meta`` uses NSynth's JSON keys (see :func:`note_metadata`)."""
-    tf = _tf()
+    tf = tensorflow()
     audio = np.asarray(audio, np.float32)
     if audio.shape != (AUDIO.num_samples,):
         raise DataError(f"note {meta.get('note_str')}: audio has shape {audio.shape}, expected "
@@ -430,7 +377,7 @@ def note_metadata(*, family: str, source: str, instrument: int, pitch: int, velo
 
 def write_tfrecord(path: str, notes: Iterable[tuple[Mapping[str, Any], np.ndarray]]) -> int:
     """Write ``(meta, audio)`` pairs as an NSynth-schema TFRecord, atomically. Returns the count."""
-    tf = _tf()
+    tf = tensorflow()
     tmp = f"{path}.tmp"
     n = 0
     with tf.io.TFRecordWriter(tmp) as w:

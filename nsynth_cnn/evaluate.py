@@ -15,32 +15,8 @@ import os
 import numpy as np
 
 from . import data
+from .weights import WeightsError, load_trained  # noqa: F401 (re-exported for the notebook)
 from .params import FAMILIES, NUM_CLASSES
-
-
-class WeightsError(data.DataError):
-    """Saved weights missing, unreadable, or not a model with our input/output contract."""
-
-
-def load_trained(name: str, weights_dir: str = "weights"):
-    """Load ``<weights_dir>/<name>_cnn.keras`` with a clear error if it is missing or does not fit."""
-    import keras
-    path = os.path.join(weights_dir, f"{name}_cnn.keras")
-    if not os.path.isfile(path):
-        raise WeightsError(f"{path} not found. Train it (python -m nsynth_cnn train --model {name} --train "
-                           "PATH --valid PATH --out " f"{weights_dir}) or restore weights/ from project1.zip.")
-    try:
-        model = keras.models.load_model(path, compile=False)
-    except Exception as err:
-        raise WeightsError(f"{path} cannot be loaded ({type(err).__name__}: {str(err)[:200]}). The file is "
-                           "damaged or from another project/version: re-train it or restore it from "
-                           "project1.zip.") from None
-    shape_in, shape_out = tuple(model.input_shape), tuple(model.output_shape)
-    if shape_in[1:] != (data.AUDIO.num_samples,) or shape_out[1:] != (NUM_CLASSES,):
-        raise WeightsError(f"{path} takes {shape_in} and returns {shape_out}; this project's models take "
-                           f"(batch, {data.AUDIO.num_samples}) waveforms and return (batch, {NUM_CLASSES}) "
-                           "family probabilities. Use weights trained by this project.")
-    return model
 
 
 @dataclasses.dataclass

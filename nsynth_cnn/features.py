@@ -42,9 +42,8 @@ def lowpass_fir(num_taps: int, cutoff: float, beta: float) -> np.ndarray:
 
 @_register
 class AntiAliasDownsample(keras.layers.Layer):
-    """(batch, samples) -> (batch, ceil(samples * up / factor), 1): FIR low-pass below the new Nyquist, then
-    decimate by ``factor``; with ``up > 1`` the signal is first zero-stuffed ``up`` times (polyphase rational
-    resampling, e.g. 16 -> 12 kHz with ``up=3, factor=4``; the filter then has ``num_taps * up`` taps and gain ``up``).
+    """(batch, samples) -> (batch, ceil(samples / factor), 1): FIR low-pass below the new Nyquist, then
+    decimate by ``factor``.
 
     The filter is a fixed (non-trainable) Kaiser-windowed sinc; the strided convolution computes only the
     kept samples, so filtering and decimation cost one pass. When the length is known it is computed in
@@ -55,13 +54,11 @@ class AntiAliasDownsample(keras.layers.Layer):
     POLY_BLOCK = 16
 
     def __init__(self, factor: int, num_taps: int = 63, cutoff_ratio: float = 0.9,
-                 kaiser_beta: float = 8.0, up: int = 1, **kwargs):
+                 kaiser_beta: float = 8.0, **kwargs):
         super().__init__(**kwargs)
-        self.factor, self.num_taps, self.up = int(factor), int(num_taps), int(up)
-        if self.up < 1 or self.up >= self.factor:
-            raise ValueError(f"up={up} must be at least 1 and below factor={factor} (a downsampling)")
+        self.factor, self.num_taps = int(factor), int(num_taps)
         self.cutoff_ratio, self.kaiser_beta = float(cutoff_ratio), float(kaiser_beta)
-        taps = lowpass_fir(self.num_taps * self.up, self.cutoff_ratio / self.factor, self.kaiser_beta) * self.up
+        taps = lowpass_fir(self.num_taps, self.cutoff_ratio / self.factor, self.kaiser_beta)
         self._kernel = taps[::-1].reshape(-1, 1, 1).copy()
         # Polyphase weights (span, factor*B, B): output j of a block applies the taps from input offset factor*j.
         width = self.factor * self.POLY_BLOCK
@@ -73,11 +70,6 @@ class AntiAliasDownsample(keras.layers.Layer):
 
     def call(self, x):
         x = ops.cast(x, "float32")
-        if self.up > 1:                     # zero-stuff: each sample followed by up - 1 zeros
-            zeros = ops.zeros_like(x)
-            x = ops.stack([x] + [zeros] * (self.up - 1), axis=-1)
-            n = x.shape[1]
-            x = ops.reshape(x, (-1, n * self.up) if n is not None else (ops.shape(x)[0], -1))
         n = x.shape[1]
         if n is None:
             y = ops.conv(ops.expand_dims(x, -1), ops.convert_to_tensor(self._kernel), strides=self.factor,
@@ -94,11 +86,11 @@ class AntiAliasDownsample(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         n = input_shape[1]
-        return (input_shape[0], None if n is None else -(-n * self.up // self.factor), 1)
+        return (input_shape[0], None if n is None else -(-n // self.factor), 1)
 
     def get_config(self):
         return {**super().get_config(), "factor": self.factor, "num_taps": self.num_taps,
-                "cutoff_ratio": self.cutoff_ratio, "kaiser_beta": self.kaiser_beta, "up": self.up}
+                "cutoff_ratio": self.cutoff_ratio, "kaiser_beta": self.kaiser_beta}
 
 
 @_register
@@ -221,33 +213,6 @@ class GaborFilterbank(keras.layers.Layer):
                 "stride": self.stride, "pool": self.pool, "sample_rate": self.sample_rate,
                 "min_hz": self.min_hz, "max_hz": self.max_hz, "top_db": self.top_db,
                 "kernel_scale": self.kernel_scale}
-
-
-@_register
-class LogBandEnergy(keras.layers.Layer):
-    """(batch, frames, bands) -> (batch, frames // pool, bands): log of the mean magnitude over `pool` frames.
-
-    After a learned linear filterbank (Conv1D), this gives log band energies: the waveform network's own
-    counterpart of a log-mel front end (magnitude, temporal smoothing, log compression).
-    """
-
-    def __init__(self, pool: int = 4, floor: float = 1e-4, **kwargs):
-        super().__init__(**kwargs)
-        self.pool, self.floor = int(pool), float(floor)
-
-    def call(self, x):
-        mag = ops.abs(ops.cast(x, "float32"))
-        frames = (ops.shape(mag)[1] // self.pool) * self.pool
-        mag = mag[:, :frames, :]
-        mag = ops.reshape(mag, (ops.shape(mag)[0], -1, self.pool, ops.shape(mag)[2]))
-        return ops.cast(ops.log(ops.mean(mag, axis=2) + self.floor), self.compute_dtype)
-
-    def compute_output_shape(self, input_shape):
-        n = input_shape[1]
-        return (input_shape[0], None if n is None else n // self.pool, input_shape[2])
-
-    def get_config(self):
-        return {**super().get_config(), "pool": self.pool, "floor": self.floor}
 
 
 # ----------------------------------------------------------------------------------------------- augmentation
@@ -397,72 +362,29 @@ class RandomFreqShift(_RandomLayer):
 
 
 @_register
-class FreqMixStyle(_RandomLayer):
-    """(batch, frames, bands, 1): Freq-MixStyle (Schmid et al., DCASE 2022 device generalisation).
-
-    With probability ``probability`` per note, each band's mean and standard deviation over time are
-    replaced by a mix (``lam ~ Beta(alpha, alpha)``) of its own and another note's of the batch. The
-    per-band level and spread is where a sample set's recording chain (microphones, EQ, the sampler's
-    filters) shows; mixing it across instruments keeps the network from tying a family to one chain's colour.
-    """
-
-    def __init__(self, alpha: float = 0.3, probability: float = 0.5, epsilon: float = 1e-3, **kwargs):
-        super().__init__(**kwargs)
-        self.alpha, self.probability, self.epsilon = float(alpha), float(probability), float(epsilon)
-
-    def augment(self, x):
-        b = ops.shape(x)[0]
-        mu = ops.mean(x, axis=(1, 3), keepdims=True)                          # (b, 1, bands, 1)
-        sig = ops.sqrt(ops.var(x, axis=(1, 3), keepdims=True) + self.epsilon)
-        perm = keras.random.shuffle(ops.arange(b), seed=self.seed_generator)
-        lam = keras.random.beta((b, 1, 1, 1), self.alpha, self.alpha, seed=self.seed_generator)
-        mu_mix = lam * mu + (1.0 - lam) * ops.take(mu, perm, axis=0)
-        sig_mix = lam * sig + (1.0 - lam) * ops.take(sig, perm, axis=0)
-        on = keras.random.uniform((b, 1, 1, 1), seed=self.seed_generator) < self.probability
-        return ops.where(on, (x - mu) / sig * sig_mix + mu_mix, x)
-
-    def get_config(self):
-        return {**super().get_config(), "alpha": self.alpha, "probability": self.probability,
-                "epsilon": self.epsilon}
-
-
-@_register
 class RandomRelease(_RandomLayer):
     """(batch, samples): with probability ``probability``, re-shapes the release after note-off
     (``offset`` samples) with an exponential decay of time constant tau ~ log-uniform(tau_min, tau_max) s.
 
     Rendered SoundFont notes ring on for most of the last second; real NSynth notes mostly stop within
     0.1-0.3 s of note-off. Randomising the release keeps the network from using the tail as a cue.
-
-    ``early_probability``: the share of notes whose note-off is moved earlier, to a time uniform in
-    [``early_min``, ``offset``] samples, always followed by such a release. Looped SoundFont samples sustain
-    for the full 3 s; NSynth's sample libraries are not looped, and some sustained notes stop long before
-    note-off (in ``../shared/nsynth-real`` every note of ``reed_acoustic_023`` falls silent by about 1 s).
     """
 
     def __init__(self, offset: int = 48000, sample_rate: int = 16000, tau_min: float = 0.01,
-                 tau_max: float = 0.5, probability: float = 0.8, early_probability: float = 0.0,
-                 early_min: int = 4000, **kwargs):
+                 tau_max: float = 0.5, probability: float = 0.8, **kwargs):
         super().__init__(**kwargs)
         self.offset, self.sample_rate = int(offset), int(sample_rate)
         self.tau_min, self.tau_max, self.probability = float(tau_min), float(tau_max), float(probability)
-        self.early_probability, self.early_min = float(early_probability), int(early_min)
 
     def augment(self, x):
         b, n = ops.shape(x)[0], ops.shape(x)[1]
         log_tau = keras.random.uniform((b, 1), float(np.log(self.tau_min)), float(np.log(self.tau_max)),
                                        seed=self.seed_generator)
         on = keras.random.uniform((b, 1), seed=self.seed_generator) < self.probability
-        offset = ops.full((b, 1), float(self.offset))
-        if self.early_probability > 0:
-            early = keras.random.uniform((b, 1), seed=self.seed_generator) < self.early_probability
-            when = keras.random.uniform((b, 1), float(self.early_min), float(self.offset), seed=self.seed_generator)
-            offset, on = ops.where(early, when, offset), ops.logical_or(on, early)
-        t = ops.maximum(ops.cast(ops.arange(n), "float32")[None, :] - offset, 0.0) / self.sample_rate
+        t = ops.maximum(ops.cast(ops.arange(n), "float32")[None, :] - float(self.offset), 0.0) / self.sample_rate
         env = ops.exp(-t / ops.exp(log_tau))
         return x * ops.cast(ops.where(on, env, ops.ones_like(env)), x.dtype)
 
     def get_config(self):
         return {**super().get_config(), "offset": self.offset, "sample_rate": self.sample_rate,
-                "early_probability": self.early_probability, "early_min": self.early_min,
                 "tau_min": self.tau_min, "tau_max": self.tau_max, "probability": self.probability}

@@ -11,9 +11,7 @@ import keras
 from keras import layers
 
 from . import features as F
-from .params import AUDIO, NUM_CLASSES, AugmentParams, LogMelParams, TrainParams, WaveformParams
-
-MODEL_NAMES = ("waveform", "logmel")
+from .params import AUDIO, MODEL_NAMES, NUM_CLASSES, TOP_DB, AugmentParams, LogMelParams, TrainParams, WaveformParams
 
 # (kind, kernel, stride, filters, pool); "conv" = Conv -> BatchNorm -> ReLU, then max-pool by `pool`.
 # Waveform CNN: 8 kHz signal -> learned mel-initialised filterbank (WaveformParams.filterbank_*: 125 frames of
@@ -39,28 +37,25 @@ LOGMEL_LAYERS = (
 HEAD_UNITS = 128
 
 
-def _conv_block(dims: int, kernel, stride, filters, pool, name):
-    conv = layers.Conv1D if dims == 1 else layers.Conv2D
-    pool_layer = layers.MaxPooling1D if dims == 1 else layers.MaxPooling2D
-    block = [conv(filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_conv"),
+def _conv_block(kernel, stride, filters, pool, name):
+    block = [layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_conv"),
              layers.BatchNormalization(name=f"{name}_bn"),
              layers.ReLU(name=f"{name}_relu")]
-    if pool not in (1, (1, 1)):
-        block.append(pool_layer(pool, name=f"{name}_pool"))
+    if pool != (1, 1):
+        block.append(layers.MaxPooling2D(pool, name=f"{name}_pool"))
     return block
 
 
-def _walk(table, dims):
+def _walk(table):
     out = []
     for i, (kind, kernel, stride, filters, pool) in enumerate(table):
         assert kind == "conv", kind
-        out += _conv_block(dims, kernel, stride, filters, pool, f"block{i + 1}")
+        out += _conv_block(kernel, stride, filters, pool, f"block{i + 1}")
     return out
 
 
-def _head(dims: int, dropout: float):
-    gap = layers.GlobalAveragePooling1D if dims == 1 else layers.GlobalAveragePooling2D
-    return [gap(name="global_pool"),
+def _head(dropout: float):
+    return [layers.GlobalAveragePooling2D(name="global_pool"),
             layers.Dropout(dropout, name="dropout"),
             layers.Dense(HEAD_UNITS, activation="relu", name="embedding"),
             layers.Dropout(dropout / 2, name="dropout_head"),
@@ -70,8 +65,7 @@ def _head(dims: int, dropout: float):
 
 def _waveform_augment(aug: AugmentParams, seed: int):
     return [F.RandomRelease(int(AUDIO.held_seconds * AUDIO.sample_rate_hz), AUDIO.sample_rate_hz,
-                            *aug.release_tau_seconds, aug.release_probability, aug.early_release_probability,
-                            int(aug.early_release_min_seconds * AUDIO.sample_rate_hz), seed=seed + 6,
+                            *aug.release_tau_seconds, aug.release_probability, seed=seed + 6,
                             name="aug_release"),
             F.RandomTimeShift(int(aug.max_time_shift_seconds * AUDIO.sample_rate_hz), seed=seed,
                               name="aug_time_shift"),
@@ -82,31 +76,34 @@ def _waveform_augment(aug: AugmentParams, seed: int):
 
 def _spectral_augment(aug: AugmentParams, top_db: float, seed: int):
     """Augmentation of a (frames, bands, 1) log image in [-1, 1] units (log-mel or learned filterbank)."""
-    mixstyle = ([F.FreqMixStyle(aug.freq_mixstyle_alpha, aug.freq_mixstyle_probability, seed=seed + 7,
-                                name="aug_freq_mixstyle")] if aug.freq_mixstyle_probability > 0 else [])
-    return mixstyle + [
+    return [
         F.RandomFreqShift(aug.freq_shift_max_bins, seed=seed + 5, name="aug_freq_shift"),
         F.RandomMelEQ(aug.eq_max_tilt_db, aug.eq_max_bumps_db, top_db, seed=seed + 3, name="aug_mel_eq"),
         F.SpecMask(aug.spec_freq_mask_bins, aug.spec_time_mask_frames, seed=seed + 4, name="aug_spec_mask")]
 
 
 def build_waveform_cnn(p: WaveformParams = WaveformParams(), aug: AugmentParams | None = AugmentParams(),
-                       train: TrainParams = TrainParams(), top_db: float = 80.0) -> keras.Model:
+                       train: TrainParams = TrainParams()) -> keras.Model:
     """Raw-waveform CNN: peak-normalise -> anti-aliased downsampling to ``p.target_rate_hz`` -> learned
     filterbank (a log band-energy image) -> 2-D convs."""
     stack = [keras.Input((AUDIO.num_samples,), name="waveform"), F.PeakNormalize(name="peak_normalize")]
     if aug is not None:
         stack += _waveform_augment(aug, train.seed)
-    up, down = p.resample_ratio()
-    stack += [F.AntiAliasDownsample(down, p.antialias_taps, p.antialias_cutoff_ratio, p.antialias_kaiser_beta,
-                                    up=up, name="downsample"),
+    stack += [F.AntiAliasDownsample(p.downsample_factor, p.antialias_taps, p.antialias_cutoff_ratio,
+                                    p.antialias_kaiser_beta, name="downsample"),
               F.GaborFilterbank(p.filterbank_bands, p.filterbank_kernel_samples, p.filterbank_stride_samples,
                                 p.filterbank_pool, p.target_rate_hz, p.filterbank_min_hz, p.filterbank_max_hz,
-                                top_db, p.filterbank_kernel_scale, name="filterbank")]
+                                TOP_DB, p.filterbank_kernel_scale, name="filterbank")]
     if aug is not None:
-        stack += _spectral_augment(aug, top_db, train.seed)
-    stack += _walk(WAVEFORM_LAYERS, 2) + _head(2, train.dropout)
+        stack += _spectral_augment(aug, TOP_DB, train.seed)
+    stack += _walk(WAVEFORM_LAYERS) + _head(train.dropout)
     return keras.Sequential(stack, name="waveform_cnn")
+
+
+def log_mel_layer(p: LogMelParams = LogMelParams()) -> F.LogMelSpectrogram:
+    """The log-mel CNN's front end: waveform -> (frames, mel bins, 1) image in [-1, 1]."""
+    return F.LogMelSpectrogram(AUDIO.sample_rate_hz, p.fft_length, p.stft_window_samples, p.stft_hop_samples,
+                               p.num_mel_bins, p.mel_min_hz, p.mel_max_hz, p.top_db, name="log_mel")
 
 
 def build_logmel_cnn(p: LogMelParams = LogMelParams(), aug: AugmentParams | None = AugmentParams(),
@@ -115,12 +112,10 @@ def build_logmel_cnn(p: LogMelParams = LogMelParams(), aug: AugmentParams | None
     stack = [keras.Input((AUDIO.num_samples,), name="waveform"), F.PeakNormalize(name="peak_normalize")]
     if aug is not None:
         stack += _waveform_augment(aug, train.seed)
-    stack += [F.LogMelSpectrogram(AUDIO.sample_rate_hz, p.fft_length, p.stft_window_samples,
-                                  p.stft_hop_samples, p.num_mel_bins, p.mel_min_hz, p.mel_max_hz, p.top_db,
-                                  name="log_mel")]
+    stack += [log_mel_layer(p)]
     if aug is not None:
         stack += _spectral_augment(aug, p.top_db, train.seed)
-    stack += _walk(LOGMEL_LAYERS, 2) + _head(2, train.dropout)
+    stack += _walk(LOGMEL_LAYERS) + _head(train.dropout)
     return keras.Sequential(stack, name="logmel_cnn")
 
 

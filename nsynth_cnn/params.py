@@ -6,7 +6,6 @@ that depends on another value can drift out of sync with it.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 # NSynth's instrument_family ids 0..10; id 9 (synth_lead) has no test notes and is dropped.
 NSYNTH_FAMILY_NAMES = (
@@ -17,6 +16,7 @@ SYNTH_LEAD_ID = 9
 # The 10 classes our models predict, in NSynth order without synth_lead.
 FAMILIES = tuple(name for i, name in enumerate(NSYNTH_FAMILY_NAMES) if i != SYNTH_LEAD_ID)
 NUM_CLASSES = len(FAMILIES)
+MODEL_NAMES = ("waveform", "logmel")      # the two networks; saved as weights/<name>_cnn.keras
 NSYNTH_SOURCE_NAMES = ("acoustic", "electronic", "synthetic")
 NSYNTH_QUALITY_NAMES = (
     "bright", "dark", "distortion", "fast_decay", "long_release",
@@ -36,6 +36,9 @@ def nsynth_family_to_label(family_id: int) -> int:
 def label_to_nsynth_family(label: int) -> int:
     """Class index (0..9) -> NSynth instrument_family id."""
     return label if label < SYNTH_LEAD_ID else label + 1
+
+
+TOP_DB = 80.0   # dB kept below each note's peak in both networks' time-frequency images (the dB floor)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,24 +77,10 @@ class WaveformParams:
     filterbank_kernel_scale: float = 1e-3    # filters = scale * weights: their taps learn ~1000x slower than with
                                              # 1.0 (features.GaborFilterbank; r8's 1.0 lost the band-pass shape)
 
-    def resample_ratio(self, audio: AudioParams = AudioParams()) -> tuple[int, int]:
-        """``(up, down)``: the input rate times up / down is ``target_rate_hz`` (8 kHz: (1, 2); 12 kHz: (3, 4))."""
-        g = math.gcd(audio.sample_rate_hz, self.target_rate_hz)
-        up, down = self.target_rate_hz // g, audio.sample_rate_hz // g
-        if not up < down <= 16:
-            raise ValueError(f"target_rate_hz={self.target_rate_hz} must be below the input's "
-                             f"{audio.sample_rate_hz} Hz by a ratio up/down with down <= 16 (e.g. 8000, 12000)")
-        return up, down
-
-    def at_rate(self, target_rate_hz: int) -> "WaveformParams":
-        """These params at another downsampled rate, with the same filterbank in seconds (32 ms kernels, 4 ms
-        stride, 32 ms frames) and band (up to 0.4875 x the new rate, as 3.9 kHz at 8 kHz)."""
-        scale = target_rate_hz / self.target_rate_hz
-        return dataclasses.replace(
-            self, target_rate_hz=target_rate_hz,
-            filterbank_kernel_samples=int(round(self.filterbank_kernel_samples * scale)),
-            filterbank_stride_samples=int(round(self.filterbank_stride_samples * scale)),
-            filterbank_max_hz=self.filterbank_max_hz * scale)
+    @property
+    def downsample_factor(self) -> int:
+        """16 kHz notes are decimated by this whole factor to ``target_rate_hz``."""
+        return AudioParams().sample_rate_hz // self.target_rate_hz
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +92,7 @@ class LogMelParams:
     num_mel_bins: int = 64
     mel_min_hz: float = 30.0
     mel_max_hz: float = 8_000.0
-    top_db: float = 80.0                 # dynamic range kept below each example's peak
+    top_db: float = TOP_DB
 
     def num_frames(self, audio: AudioParams = AudioParams()) -> int:
         return audio.num_samples // self.stft_hop_samples + 1
@@ -117,16 +106,12 @@ class AugmentParams:
     noise_probability: float = 0.5
     release_probability: float = 0.8      # re-shape the release after note-off (3 s) ...
     release_tau_seconds: tuple[float, float] = (0.01, 0.5)   # ... with exp decay, tau log-uniform in this range
-    early_release_probability: float = 0.0    # share of notes whose note-off moves earlier (features.RandomRelease) ...
-    early_release_min_seconds: float = 0.25   # ... to a time uniform in [this, held_seconds]
     max_time_shift_seconds: float = 0.1   # random circular-free delay (zero padded) of the onset
     eq_max_tilt_db: float = 12.0          # random spectral tilt across the band, +- this
     eq_max_bumps_db: float = 6.0          # random smooth EQ curve amplitude
     freq_shift_max_bins: int = 3          # random shift of the log-mel image, +- mel bins
     spec_freq_mask_bins: int = 8         # SpecAugment-style masks on the log-mel image
     spec_time_mask_frames: int = 12
-    freq_mixstyle_probability: float = 0.0   # features.FreqMixStyle on the log image; 0 = layer left out
-    freq_mixstyle_alpha: float = 0.3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,9 +127,37 @@ class TrainParams:
     class_balance: str = "weights"       # "weights" (loss weights) | "none"
     seed: int = 1234
     dropout: float = 0.3
-    mixup_alpha: float = 0.0             # mixup within batches (train.mixup_batch); 0 = off
     distill_weight: float = 0.5          # with a teacher (train --teacher): share of its probabilities in the target
     distill_temperature: float = 2.0     # the teacher's probabilities softened as softmax(log p / T)
 
 
 AUDIO = AudioParams()
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One training run of one network, as a step of a :data:`RECIPE`.
+
+    ``out``: "" writes the network into the weights folder; another name writes it into that hidden sub-folder
+    (an intermediate network, removed once the recipe is done). ``init_from``: the ``out`` of an earlier stage
+    whose network this one starts from (fine-tuning). ``teacher``: distil the weights folder's log-mel CNN
+    into this network (targets mix the label with its probabilities: ``TrainParams.distill_weight``).
+    ``learning_rate`` / ``warmup_epochs``: None = :class:`TrainParams`' value.
+    """
+    model: str
+    epochs: int
+    out: str = ""
+    init_from: str | None = None
+    teacher: bool = False
+    learning_rate: float | None = None
+    warmup_epochs: int | None = None
+
+
+# The shipped recipe (docs/experiments.md, runs r8 and r13): the log-mel CNN for 12 epochs; the waveform CNN for
+# 12, then 5 more at a lower learning rate with the log-mel CNN as its teacher. The notebook's train mode,
+# `make train`, `make weights` and `python -m nsynth_cnn train` all run this; only data paths and epochs differ.
+RECIPE = (
+    Stage("logmel", 12),
+    Stage("waveform", 12, out=".waveform-base"),
+    Stage("waveform", 5, init_from=".waveform-base", teacher=True, learning_rate=5e-4, warmup_epochs=0),
+)

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 
 from . import data
-from .evaluate import load_trained
+from .weights import load_trained
 from .params import FAMILIES
 
 

@@ -31,74 +31,12 @@ from typing import Any
 import numpy as np
 
 from . import data
+from .shards import (AUDIO_KEY, PCM_SCALE, PREPARED_MARKER, SHARD_PATTERN, STATS_FILE,  # noqa: F401
+                     FORMAT, dequantize, is_prepared, parse_prepared, quantize, serialize_prepared)
 from .params import AUDIO, FAMILIES, NSYNTH_QUALITY_NAMES, NUM_CLASSES, nsynth_family_to_label
 
-PREPARED_MARKER = "prepared.json"
-STATS_FILE = "stats.json"
-FORMAT = "nsynth_cnn.prepared/1"
-AUDIO_KEY = "audio_pcm16"              # little-endian int16 PCM, AUDIO.num_samples samples
-PCM_SCALE = 32768.0                    # float = int16 / 32768 (NSynth's own 16-bit -> float mapping)
-SHARD_PATTERN = "nsynth-prepared-{:05d}-of-{:05d}.tfrecord"
 TARGET_SHARD_BYTES = 128 << 20         # auto shard count: ~128 MB per shard
 BYTES_PER_NOTE = 2 * AUDIO.num_samples + 512   # int16 audio + metadata, roughly
-
-
-# ----------------------------------------------------------------------------------------------- format
-def is_prepared(files: list[str]) -> bool:
-    """True if ``files`` are shards written by :func:`prepare` (a ``prepared.json`` marker beside them)."""
-    return bool(files) and os.path.isfile(os.path.join(os.path.dirname(files[0]), PREPARED_MARKER))
-
-
-def quantize(audio: np.ndarray) -> np.ndarray:
-    """float audio in [-1, 1] -> int16 PCM (round to nearest; clipped). Error <= 0.5 / 32768 in range."""
-    pcm = np.rint(np.asarray(audio, np.float32) * PCM_SCALE)
-    return np.clip(pcm, -32768, 32767).astype("<i2")
-
-
-def dequantize(pcm: np.ndarray) -> np.ndarray:
-    return (np.asarray(pcm, np.float32) / PCM_SCALE).astype(np.float32)
-
-
-def prepared_feature_spec() -> dict:
-    tf = data._tf()
-    spec = {k: tf.io.FixedLenFeature([], tf.int64) for k in data.INT_FEATURES}
-    spec.update({k: tf.io.FixedLenFeature([], tf.string) for k in data.STR_FEATURES})
-    spec[AUDIO_KEY] = tf.io.FixedLenFeature([], tf.string)
-    spec["qualities"] = tf.io.FixedLenFeature([len(NSYNTH_QUALITY_NAMES)], tf.int64)
-    return spec
-
-
-def parse_prepared(serialized, fields: tuple[str, ...] | None = None):
-    """Parse a vector of prepared records into the element dict of :func:`nsynth_cnn.data.parse_serialized`
-    (only ``fields``, e.g. ``data.LEAN_FIELDS``, when given)."""
-    tf = data._tf()
-    spec = prepared_feature_spec()
-    if fields is not None:
-        spec = {AUDIO_KEY if k == "audio" else k: spec[AUDIO_KEY if k == "audio" else k] for k in fields}
-    ex = tf.io.parse_example(serialized, spec)
-    pcm = tf.io.decode_raw(ex[AUDIO_KEY], tf.int16, little_endian=True)
-    audio = tf.reshape(tf.cast(pcm, tf.float32) * (1.0 / PCM_SCALE), [-1, AUDIO.num_samples])
-    return data.element_from_parsed(ex, audio)
-
-
-def serialize_prepared(element: Mapping[str, Any], pcm: np.ndarray | None = None) -> bytes:
-    """One element dict (numpy values, as the readers yield them) -> a prepared tf.train.Example."""
-    tf = data._tf()
-    if pcm is None:
-        pcm = quantize(element["audio"])
-    if pcm.shape != (AUDIO.num_samples,):
-        raise data.DataError(f"note {element.get('note_str')!r}: audio has shape {pcm.shape}, expected "
-                             f"({AUDIO.num_samples},).")
-    ex = tf.train.Example()
-    feat = ex.features.feature
-    for k in data.INT_FEATURES:
-        feat[k].int64_list.value.append(int(element[k]))
-    for k in data.STR_FEATURES:
-        v = element[k]
-        feat[k].bytes_list.value.append(v if isinstance(v, bytes) else str(v).encode())
-    feat["qualities"].int64_list.value.extend(int(q) for q in np.asarray(element["qualities"]).ravel())
-    feat[AUDIO_KEY].bytes_list.value.append(np.ascontiguousarray(pcm, "<i2").tobytes())
-    return ex.SerializeToString()
 
 
 # ----------------------------------------------------------------------------------------------- writing
@@ -153,7 +91,7 @@ def prepare_elements(elements: Iterable[tuple[Mapping[str, Any], np.ndarray]], o
     Pass 1 streams the pairs to per-shard bucket files (random shard per note, seeded); pass 2 loads one
     bucket at a time, shuffles it and writes the final shard. Peak memory ~ one shard. Returns the stats.
     """
-    tf = data._tf()
+    tf = data.tensorflow()
     if shards < 1:
         raise data.DataError(f"--shards must be >= 1 (got {shards}).")
     log = log or (lambda msg: None)

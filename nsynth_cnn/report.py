@@ -5,10 +5,10 @@ Kept out of the notebook so its cells are only calls. Nothing here trains or plo
 from __future__ import annotations
 
 import glob
-import json
 import os
 
-from . import data, train
+from . import data
+from .weights import load_history
 from .params import FAMILIES
 
 SAMPLE_DIR = os.path.join("data", "nsynth-sample")
@@ -64,15 +64,6 @@ def training_splits(data_dir) -> tuple[str, str | None]:
         raise data.DataError(f"MODE='train' needs NSynth training data: {data_dir!r} holds no nsynth-train."
                              "tfrecord, nsynth-train/ folder or train/ split.")
     return train_path, find_split(data_dir, "valid")
-
-
-def load_history(name: str, weights_dir: str = "weights") -> dict:
-    """``<weights_dir>/<name>_cnn_history.json`` (per-epoch lists + ``meta``); empty dict if absent."""
-    path = train.history_path(weights_dir, name)
-    if not os.path.isfile(path):
-        return {}
-    with open(path) as fh:
-        return json.load(fh)
 
 
 def load_histories(weights_dir: str = "weights", names=("waveform", "logmel")) -> dict[str, dict]:

@@ -1,12 +1,17 @@
-"""Training: ``python -m nsynth_cnn train --model {waveform,logmel} --train PATH --valid PATH``.
+"""Training: ``python -m nsynth_cnn train --train PATH --valid PATH [--out weights] [--model both|logmel|waveform]``.
 
-Checkpoints every epoch (``keras.callbacks.BackupAndRestore``: an interrupted run resumes where it stopped,
-losing at most the epoch in progress), early stopping on validation accuracy, warm-up + cosine learning rate,
-history appended to ``<out>/<model>_cnn_history.csv`` and written as JSON at the end, final weights written
-atomically to ``<out>/<model>_cnn.keras``. Mixed precision on a GPU; optional XLA and MirroredStrategy.
+:func:`run_recipe` runs the shipped recipe (:data:`nsynth_cnn.params.RECIPE`), the one the notebook's train
+mode, ``make train`` and ``make weights`` use: a stage at a time, each a :func:`fit_network` call. A finished
+stage is not trained again when the recipe is re-run on the same data (delete its weights to retrain).
+
+:func:`fit_network` trains one network: class-balanced loss weights, early stopping on validation accuracy,
+warm-up + cosine learning rate, a checkpoint every epoch (an interrupted run resumes where it stopped, losing at
+most the epoch in progress), history appended to ``<out>/<model>_cnn_history.csv`` and written as JSON at the
+end, final weights written atomically to ``<out>/<model>_cnn.keras``. Mixed precision on a GPU.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import json
@@ -18,15 +23,11 @@ import time
 import warnings
 
 from . import data
-from .params import FAMILIES, AugmentParams, LogMelParams, TrainParams, WaveformParams
+from .params import FAMILIES, MODEL_NAMES, RECIPE, AugmentParams, Stage, TrainParams
+from .weights import WeightsError, history_path, load_history, load_trained, weights_path
 
-
-def weights_path(out_dir: str, name: str) -> str:
-    return os.path.join(out_dir, f"{name}_cnn.keras")
-
-
-def history_path(out_dir: str, name: str, ext: str = "json") -> str:
-    return os.path.join(out_dir, f"{name}_cnn_history.{ext}")
+MIN_FAMILIES_PER_BATCH = 5      # below this (of 10) in the first batches, training stops: the data is not mixed
+DIAGNOSTIC_BATCHES = 20         # batches read to measure families_per_batch
 
 
 def has_gpu() -> bool:
@@ -54,85 +55,189 @@ def lr_schedule(p: TrainParams, epochs: int):
     return fn
 
 
-def _json_history(csv_path: str) -> dict:
-    import pandas as pd
-    if not os.path.isfile(csv_path):
-        return {}
-    df = pd.read_csv(csv_path).drop_duplicates("epoch", keep="last").sort_values("epoch")
-    return {c: df[c].tolist() for c in df.columns}
+# ----------------------------------------------------------------------------------------------- the recipe
+def stage_params(stage: Stage, p: TrainParams = TrainParams(), epochs: int | None = None) -> TrainParams:
+    """The :class:`TrainParams` of one recipe stage (``epochs`` overrides the stage's epoch count)."""
+    return dataclasses.replace(
+        p, epochs=epochs or stage.epochs,
+        learning_rate=p.learning_rate if stage.learning_rate is None else stage.learning_rate,
+        warmup_epochs=p.warmup_epochs if stage.warmup_epochs is None else stage.warmup_epochs)
 
 
-def train(name: str, train_data, valid_data=None, out_dir: str = "weights", p: TrainParams = TrainParams(),
-          steps_per_epoch: int | None = None, distribute: str | None = None, xla: bool | None = None,
-          mixed_precision: bool | None = None, verbose: int | None = None, cache: bool = True,
-          init_from: str | None = None, watch: str | None = None,
-          aug: AugmentParams = AugmentParams(), teacher: str | None = None,
-          waveform: WaveformParams = WaveformParams(), logmel: LogMelParams = LogMelParams()) -> dict:
-    """Train one network; returns its history (dict of per-epoch lists). Safe to re-run to resume.
+def _stage_dir(out_dir: str, name: str) -> str:
+    return os.path.join(out_dir, name) if name else out_dir
 
-    ``teacher``: a folder holding a trained ``logmel_cnn.keras`` whose probabilities on each training note (after
-    mixup, when it is on) are mixed into the training targets (knowledge distillation, :func:`distill_targets`).
 
-    ``waveform``: the waveform CNN's front end (e.g. ``WaveformParams().at_rate(12_000)``); unused for the log-mel CNN.
-    ``logmel``: the log-mel CNN's front end (e.g. 128 mel bands); unused for the waveform CNN.
+def _stage_done(stage: Stage, out_dir: str, train_data) -> bool:
+    """A stage is done when its network exists and its history says this stage trained it on ``train_data``."""
+    folder = _stage_dir(out_dir, stage.out)
+    meta = load_history(stage.model, folder).get("meta", {})
+    return (os.path.isfile(weights_path(folder, stage.model)) and meta.get("stage") == dataclasses.asdict(stage)
+            and meta.get("train_data") == str(train_data))
 
-    ``watch``: an extra labelled source (e.g. the real NSynth notes) whose accuracy is logged after every
-    epoch as ``watch_accuracy``: for the experiment log only, never for checkpoint choice or early stopping.
+
+def run_recipe(train_data, valid_data=None, out_dir: str = "weights", *, models=MODEL_NAMES, epochs: int | None = None,
+               recipe=RECIPE, p: TrainParams = TrainParams(), teacher_dir: str | None = None, log=print,
+               **options) -> dict[str, dict]:
+    """Train ``models`` with the stages of ``recipe`` that build them; returns ``{model: history}`` of the networks
+    written to ``out_dir``. ``epochs`` (quick runs) replaces every stage's epoch count; ``teacher_dir`` is where a
+    distillation stage finds its log-mel teacher (default ``out_dir``); ``options`` go to :func:`fit_network`."""
+    stages = [s for s in recipe if s.model in models]
+    needed = _needed_stages(stages, out_dir, train_data)
+    histories = {}
+    for stage in stages:
+        folder = _stage_dir(out_dir, stage.out)
+        if stage not in needed:
+            log(f"{stage.model}: {weights_path(folder, stage.model)} was trained by this stage of the recipe on "
+                f"{train_data}; kept (delete it to train again)")
+        else:
+            log(f"{stage.model}: {stage.epochs if epochs is None else epochs} epochs"
+                + (f", starting from {stage.init_from}" if stage.init_from else "")
+                + (", distilled from the log-mel CNN" if stage.teacher else "") + f" -> {folder}")
+            fit_network(stage.model, train_data, valid_data, folder, stage_params(stage, p, epochs),
+                        init_from=_stage_dir(out_dir, stage.init_from) if stage.init_from else None,
+                        teacher=(teacher_dir or out_dir) if stage.teacher else None, stage=stage, **options)
+        if not stage.out:
+            histories[stage.model] = load_history(stage.model, folder)
+    for stage in stages:                    # intermediate networks are not part of the result
+        if stage.out:
+            shutil.rmtree(_stage_dir(out_dir, stage.out), ignore_errors=True)
+    return histories
+
+
+def _needed_stages(stages, out_dir: str, train_data) -> list[Stage]:
+    """Stages to run: those not done, and the stages they start from (an intermediate network is removed once
+    the stage that needs it is done, so it is only rebuilt when that stage has to run again)."""
+    needed = [s for s in stages if not _stage_done(s, out_dir, train_data)]
+    for s in list(needed):
+        needed += [t for t in stages if s.init_from and t.out == s.init_from and t not in needed
+                   and not os.path.isfile(weights_path(_stage_dir(out_dir, t.out), t.model))]
+    return needed
+
+
+# ----------------------------------------------------------------------------------------------- one network
+def fit_network(name: str, train_data, valid_data=None, out_dir: str = "weights", p: TrainParams = TrainParams(),
+                *, init_from: str | None = None, teacher: str | None = None, stage: Stage | None = None,
+                steps_per_epoch: int | None = None, distribute: str | None = None, xla: bool | None = None,
+                mixed_precision: bool | None = None, verbose: int | None = None, cache: bool = True,
+                watch: str | None = None, aug: AugmentParams = AugmentParams()) -> dict:
+    """Train one network; returns its history (dict of per-epoch lists + ``meta``). Safe to re-run to resume.
+
+    ``init_from``: a folder whose ``<name>_cnn.keras`` the network starts from. ``teacher``: a folder holding a
+    trained ``logmel_cnn.keras`` whose probabilities are mixed into the targets (:func:`distill_targets`).
+    ``watch``: an extra labelled source (e.g. the real NSynth notes) whose accuracy is logged after every epoch
+    as ``watch_accuracy``: for the experiment log only, never for checkpoint choice or early stopping.
     """
     import keras
-    from . import models
     keras.utils.set_random_seed(p.seed)
     gpu = has_gpu()
     if mixed_precision if mixed_precision is not None else gpu:
         keras.mixed_precision.set_global_policy("mixed_float16")
+    teacher_model = load_trained("logmel", teacher) if teacher else None      # fail before any work
     os.makedirs(out_dir, exist_ok=True)
+    counts = _checked_counts(train_data, p)
+    train_ds, valid_ds = _datasets(train_data, valid_data, p, counts, cache, steps_per_epoch, teacher_model)
+    mixing = _check_mixing(train_ds, counts, p.batch_size)
+    model = _compiled_model(name, p, aug, distribute, xla, init_from)
+    csv_path = history_path(out_dir, name, "csv")
+    monitor = "val_accuracy" if valid_ds is not None else "accuracy"
+    callbacks = _callbacks(name, out_dir, p, monitor, watch)
+    if verbose is None:
+        verbose = 1 if sys.stdout.isatty() else 2     # one line per epoch in logs
+    start = time.time()
+    with warnings.catch_warnings():         # an un-repeated dataset ends each epoch by running out: expected
+        warnings.filterwarnings("ignore", message="Your input ran out of data")
+        model.fit(train_ds, validation_data=valid_ds, epochs=p.epochs, steps_per_epoch=steps_per_epoch,
+                  callbacks=callbacks, verbose=verbose, shuffle=False)   # tf.data shuffles the notes itself
+    wall = time.time() - start
+    history = _json_history(csv_path)
+    history["meta"] = {"model": name, "init_from": init_from, "teacher": teacher,
+                       "stage": dataclasses.asdict(stage) if stage else None, "params": dataclasses.asdict(p),
+                       "augment": dataclasses.asdict(aug), "train_data": str(train_data),
+                       "valid_data": str(valid_data), "train_notes_per_family": dict(zip(FAMILIES, counts.tolist())),
+                       "families_per_batch": mixing, "wall_seconds_last_run": round(wall, 1),
+                       "gpu": gpu, "keras_backend": keras.backend.backend()}
+    _save_final(model, name, out_dir, p, aug, history)
+    return history
 
-    weights = None
-    if p.class_balance == "weights":
-        counts = data.label_counts(train_data)
-        weights = data.balanced_class_weights(counts)
-        print("train notes per family: " + ", ".join(f"{f}={c}" for f, c in zip(FAMILIES, counts)))
+
+def _checked_counts(train_data, p: TrainParams):
+    """Notes per family of the training data; a :class:`DataError` when there is nothing to train on."""
+    counts = data.label_counts(train_data)
+    print("train notes per family: " + ", ".join(f"{f}={c}" for f, c in zip(FAMILIES, counts)))
+    if counts.sum() == 0:
+        raise data.DataError(f"{train_data}: no usable training notes (empty, or only synth_lead notes). Point "
+                             "--train at an NSynth train split; nothing was trained and no weights were changed.")
+    missing = [f for f, c in zip(FAMILIES, counts) if c == 0]
+    if missing and p.class_balance == "weights":
+        print(f"warning: no training notes of {', '.join(missing)}: the network cannot learn "
+              f"{'this family' if len(missing) == 1 else 'these families'} (its class weight is 0)", file=sys.stderr)
+    return counts
+
+
+def _datasets(train_data, valid_data, p: TrainParams, counts, cache: bool, steps_per_epoch, teacher_model):
+    """``(train, valid)`` batches of ``(audio, one-hot target, sample weight)`` / ``(audio, one-hot target)``."""
+    weights = data.balanced_class_weights(counts) if p.class_balance == "weights" else None
     train_ds = data.training_dataset(train_data, batch_size=p.batch_size, shuffle_buffer=p.shuffle_buffer,
                                      seed=p.seed, class_weights=weights, cache=cache,
-                                     repeat=steps_per_epoch is not None)
+                                     repeat=steps_per_epoch is not None).map(_one_hot)
+    if teacher_model is not None:
+        train_ds = train_ds.map(distill_targets(teacher_model, p.distill_weight, p.distill_temperature))
     valid_ds = None
     if valid_data is not None:
         valid_ds = data.training_dataset(valid_data, batch_size=p.batch_size, shuffle_buffer=0, seed=p.seed,
-                                         cache=cache)
+                                         cache=cache).map(_one_hot)
+    return train_ds, valid_ds
 
+
+def expected_families(counts, batch_size: int) -> float:
+    """Mean number of distinct families in a batch of ``batch_size`` notes drawn at random from ``counts``."""
+    import numpy as np
+    share = np.asarray(counts, np.float64) / max(1, int(np.sum(counts)))
+    return float(np.sum(1.0 - (1.0 - share) ** batch_size))
+
+
+def _check_mixing(train_ds, counts, batch_size: int) -> float:
+    """Mean number of families in the first training batches; a :class:`DataError` when a source that holds
+    every family gives batches of fewer than 5 (or half what random batches of this size would hold, for tiny
+    batches): a family-ordered file read without shuffling."""
+    mixing = data.families_per_batch(train_ds, batches=DIAGNOSTIC_BATCHES)
+    present = int((counts > 0).sum())
+    print(f"families per batch (first {DIAGNOSTIC_BATCHES} batches): {mixing:.1f} of {present}")
+    if present == len(FAMILIES) and mixing < min(MIN_FAMILIES_PER_BATCH, expected_families(counts, batch_size) / 2):
+        raise data.DataError(f"the first training batches hold {mixing:.1f} families on average (of {present}): "
+                             "the data is ordered by family and is not being shuffled. Run `python -m nsynth_cnn "
+                             "prepare --src TRAIN --out DIR` and train on DIR, or raise --shuffle-buffer.")
+    return round(float(mixing), 2)
+
+
+def _compiled_model(name: str, p: TrainParams, aug: AugmentParams, distribute: str | None, xla: bool | None,
+                    init_from: str | None):
+    import keras
+
+    from . import models
     strategy = None
     if distribute == "mirrored":
         import tensorflow as tf
         strategy = tf.distribute.MirroredStrategy()
         print(f"MirroredStrategy over {strategy.num_replicas_in_sync} device(s)")
-    scope = strategy.scope() if strategy else contextlib.nullcontext()
-    with scope:
-        model = models.build_model(name, train=p, aug=aug, **_front_kwargs(name, waveform, logmel))
+    with strategy.scope() if strategy else contextlib.nullcontext():
+        model = models.build_model(name, train=p, aug=aug)
         if init_from:                           # fine-tune: start from a saved model's weights
-            from .evaluate import WeightsError, load_trained
             start_weights = load_trained(name, init_from).get_weights()
             try:
                 model.set_weights(start_weights)
-            except ValueError as err:       # another architecture, e.g. a waveform CNN of another --waveform-rate
-                raise WeightsError(f"{init_from}/{name}_cnn.keras does not fit the network being trained ({err}); "
-                                   "start from weights of the same architecture (same --waveform-rate, --mel-bins).") from None
-        optimizer = keras.optimizers.AdamW(learning_rate=p.learning_rate, weight_decay=p.weight_decay)
-        soft = bool(p.label_smoothing or p.mixup_alpha or teacher)
-        model.compile(optimizer=optimizer,
-                      loss=keras.losses.CategoricalCrossentropy(label_smoothing=p.label_smoothing)
-                      if soft else "sparse_categorical_crossentropy",
-                      metrics=["accuracy"], weighted_metrics=[],
-                      jit_compile="auto" if xla is None else xla)
-    if soft:
-        train_ds = train_ds.map(_one_hot)
-        valid_ds = valid_ds.map(_one_hot) if valid_ds is not None else None
-    teacher_model = None
-    if teacher:
-        from .evaluate import load_trained
-        teacher_model = load_trained("logmel", teacher)
-    train_ds = soft_targets(train_ds, p, teacher_model)
+            except ValueError as err:
+                raise WeightsError(f"{weights_path(init_from, name)} does not fit the network being trained "
+                                   f"({err}); start from weights of the same architecture.") from None
+        model.compile(optimizer=keras.optimizers.AdamW(learning_rate=p.learning_rate, weight_decay=p.weight_decay),
+                      loss=keras.losses.CategoricalCrossentropy(label_smoothing=p.label_smoothing),
+                      metrics=["accuracy"], weighted_metrics=[], jit_compile="auto" if xla is None else xla)
+    return model
 
-    monitor = "val_accuracy" if valid_ds is not None else "accuracy"
+
+def _callbacks(name: str, out_dir: str, p: TrainParams, monitor: str, watch: str | None) -> list:
+    import keras
     best = os.path.join(out_dir, f".{name}_cnn.best.keras")
     backup = os.path.join(out_dir, f".{name}_cnn.backup")
     csv_path = history_path(out_dir, name, "csv")
@@ -143,7 +248,7 @@ def train(name: str, train_data, valid_data=None, out_dir: str = "weights", p: T
     if resumed_best is not None:            # a resumed run: only beat the best epoch before the interruption
         checkpoint.best = resumed_best
     callbacks = ([WatchAccuracy(watch)] if watch else []) + [EpochSeconds()]   # timed after the watch
-    callbacks += [
+    return callbacks + [
         keras.callbacks.BackupAndRestore(backup),
         checkpoint,
         keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=p.early_stopping_patience,
@@ -151,30 +256,32 @@ def train(name: str, train_data, valid_data=None, out_dir: str = "weights", p: T
         keras.callbacks.LearningRateScheduler(lr_schedule(p, p.epochs)),
         keras.callbacks.CSVLogger(csv_path, append=True),
     ]
-    if verbose is None:
-        verbose = 1 if sys.stdout.isatty() else 2     # one line per epoch in logs
-    start = time.time()
-    with warnings.catch_warnings():         # an un-repeated dataset ends each epoch by running out: expected
-        warnings.filterwarnings("ignore", message="Your input ran out of data")
-        model.fit(train_ds, validation_data=valid_ds, epochs=p.epochs, steps_per_epoch=steps_per_epoch,
-                  callbacks=callbacks, verbose=verbose, shuffle=False)   # tf.data shuffles the notes itself
-    wall = time.time() - start
+
+
+def _save_final(model, name: str, out_dir: str, p: TrainParams, aug: AugmentParams, history: dict) -> None:
+    """Write the best epoch's network and the history, then remove the run's checkpoint and backup."""
+    import keras
+    best = os.path.join(out_dir, f".{name}_cnn.best.keras")
     final = keras.models.load_model(best) if os.path.isfile(best) else model
-    _save_atomic(final, name, weights_path(out_dir, name), p, aug, waveform, logmel)
-    history = _json_history(csv_path)
-    history["meta"] = {"model": name, "init_from": init_from, "teacher": teacher, "params": dataclasses.asdict(p),
-                       "augment": dataclasses.asdict(aug),
-                       name: dataclasses.asdict(waveform if name == "waveform" else logmel),
-                       "train_data": str(train_data),
-                       "valid_data": str(valid_data), "wall_seconds_last_run": round(wall, 1),
-                       "gpu": gpu, "keras_backend": keras.backend.backend()}
-    with open(history_path(out_dir, name) + ".tmp", "w") as fh:
-        json.dump(history, fh, indent=1)
-    os.replace(history_path(out_dir, name) + ".tmp", history_path(out_dir, name))
+    _save_atomic(final, name, weights_path(out_dir, name), p, aug)
+    _write_json_atomic(history_path(out_dir, name), history)
     if os.path.isfile(best):
         os.remove(best)
-    shutil.rmtree(backup, ignore_errors=True)
-    return history
+    shutil.rmtree(os.path.join(out_dir, f".{name}_cnn.backup"), ignore_errors=True)
+
+
+def _write_json_atomic(path: str, obj) -> None:
+    with open(path + ".tmp", "w") as fh:
+        json.dump(obj, fh, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def _json_history(csv_path: str) -> dict:
+    import pandas as pd
+    if not os.path.isfile(csv_path):
+        return {}
+    df = pd.read_csv(csv_path).drop_duplicates("epoch", keep="last").sort_values("epoch")
+    return {c: df[c].tolist() for c in df.columns}
 
 
 def _best_so_far(csv_path: str, monitor: str) -> float | None:
@@ -214,28 +321,11 @@ def WatchAccuracy(source: str):
     return _Watch()
 
 
-def mixup_batch(x, y, *w, alpha: float, seed: int = 0):
-    """Mixup within a batch: each note is mixed with the batch's reversed order, ``lam ~ Beta(alpha, alpha)``
-    per note (kept >= 0.5 so the first note dominates); one-hot labels and sample weights mixed alike."""
-    import tensorflow as tf
-    n = tf.shape(x)[0]
-    g1 = tf.random.gamma([n], alpha, seed=seed)
-    g2 = tf.random.gamma([n], alpha, seed=seed + 1)
-    lam = g1 / (g1 + g2 + 1e-12)
-    lam = tf.maximum(lam, 1.0 - lam)
-    mix = lambda a: lam[:, None] * a + (1.0 - lam[:, None]) * tf.reverse(a, [0])   # noqa: E731
-    out = (mix(x), mix(y))
-    if w:
-        out += (lam * w[0] + (1.0 - lam) * tf.reverse(w[0], [0]),)
-    return out
-
-
 def distill_targets(teacher, weight: float, temperature: float = 1.0):
     """Batch map for knowledge distillation (Hinton et al., 2015): each one-hot target ``y`` becomes
     ``(1 - weight) * y + weight * q`` with ``q = softmax(log p / temperature)`` the teacher's probabilities ``p``
-    for the note, softened. The teacher sees the note the pipeline hands on (clean, or mixed by mixup; its own
-    augmentation layers are off at inference); the student sees its own augmented copy and learns which
-    families the note resembles, not only its label."""
+    for the note, softened. The teacher sees the clean note (its augmentation layers are off at inference); the
+    student sees its own augmented copy and learns which families the note resembles, not only its label."""
     import tensorflow as tf
 
     def fn(x, y, *w):
@@ -245,102 +335,58 @@ def distill_targets(teacher, weight: float, temperature: float = 1.0):
     return fn
 
 
-def soft_targets(ds, p: TrainParams, teacher=None):
-    """The training batches' targets: mixup (``p.mixup_alpha``) first, then the teacher's probabilities on the
-    **mixed** note, so that teacher and student judge the same input (Beyer et al., 2022, "consistent teaching";
-    with ``p.distill_weight = 1`` the student only matches the teacher's function)."""
-    if p.mixup_alpha:
-        ds = ds.map(lambda *b: mixup_batch(*b, alpha=p.mixup_alpha, seed=p.seed))
-    if teacher is not None:
-        ds = ds.map(distill_targets(teacher, p.distill_weight, p.distill_temperature))
-    return ds
-
-
 def _one_hot(x, y, *w):
     import tensorflow as tf
     return (x, tf.one_hot(y, len(FAMILIES)), *w)
 
 
-def _front_kwargs(name: str, waveform: WaveformParams, logmel: LogMelParams) -> dict:
-    return {"p": waveform if name == "waveform" else logmel}
-
-
 def _save_atomic(model, name: str, path: str, p: TrainParams = TrainParams(),
-                 aug: AugmentParams = AugmentParams(), waveform: WaveformParams = WaveformParams(),
-                 logmel: LogMelParams = LogMelParams()) -> None:
+                 aug: AugmentParams = AugmentParams()) -> None:
     """Save an uncompiled copy (weights + architecture, no optimizer state) via a temp file + rename; the copy
     is built with the run's settings, so its (inference-time identity) augmentation layers say what it trained with."""
     from . import models
-    clean = models.build_model(name, train=p, aug=aug, **_front_kwargs(name, waveform, logmel))
+    clean = models.build_model(name, train=p, aug=aug)
     clean.set_weights(model.get_weights())
     tmp = path[:-len(".keras")] + ".tmp.keras"
     clean.save(tmp)
     os.replace(tmp, path)
 
 
-def _waveform_rate(text: str) -> int:
-    """argparse type of --waveform-rate: a rate the waveform CNN can resample 16 kHz notes down to."""
-    import argparse
+# ----------------------------------------------------------------------------------------------- command line
+def _positive(text: str) -> int:
     try:
-        rate = int(text)
-        WaveformParams().at_rate(rate).resample_ratio()
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"{text!r}: {err}") from None
-    return rate
-
-
-def _mel_bins(text: str) -> int:
-    """argparse type of --mel-bins: the image must survive the log-mel CNN's four 2 x 2 poolings."""
-    import argparse
-    try:
-        bins = int(text)
+        value = int(text)
     except ValueError:
-        bins = 0
-    if bins < 16:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of mel bands, at least 16 (e.g. 64, 128)")
-    return bins
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of at least 1")
+    return value
 
 
 def add_parser(sub):
-    ap = sub.add_parser("train", help="train one network (resumes if interrupted)")
-    ap.add_argument("--model", required=True, choices=("waveform", "logmel"))
-    ap.add_argument("--train", required=True, help="TFRecord file/glob/folder or JSON+wav folder")
+    ap = sub.add_parser("train", help="train the networks with the shipped recipe (resumes if interrupted)",
+                        description="Train with the shipped recipe (nsynth_cnn.params.RECIPE): the log-mel CNN, "
+                                    "then the waveform CNN and its distillation from the log-mel CNN.")
+    ap.add_argument("--train", required=True, help="NSynth train split: TFRecord file/glob/folder or JSON+wav folder")
     ap.add_argument("--valid", default=None, help="validation data (early stopping / best checkpoint)")
     ap.add_argument("--out", default="weights", help="folder for <model>_cnn.keras and its history")
+    ap.add_argument("--model", default="both", choices=("both",) + MODEL_NAMES,
+                    help="which networks' stages of the recipe to run (default: both)")
+    ap.add_argument("--epochs", type=_positive, default=None,
+                    help="epochs of every stage instead of the recipe's (quick runs)")
+    ap.add_argument("--teacher", default=None, metavar="DIR",
+                    help="folder of the log-mel CNN the waveform CNN is distilled from (default: --out)")
     d = TrainParams()
-    ap.add_argument("--epochs", type=int, default=d.epochs)
-    ap.add_argument("--batch-size", type=int, default=d.batch_size)
-    ap.add_argument("--lr", type=float, default=d.learning_rate)
+    ap.add_argument("--batch-size", type=_positive, default=d.batch_size)
     ap.add_argument("--seed", type=int, default=d.seed)
-    ap.add_argument("--patience", type=int, default=d.early_stopping_patience)
+    ap.add_argument("--patience", type=_positive, default=d.early_stopping_patience)
     ap.add_argument("--shuffle-buffer", type=int, default=d.shuffle_buffer)
     ap.add_argument("--class-balance", choices=("weights", "none"), default=d.class_balance)
-    ap.add_argument("--steps-per-epoch", type=int, default=None, help="fixed steps (quick runs, tests)")
+    ap.add_argument("--steps-per-epoch", type=_positive, default=None, help="fixed steps (quick runs, tests)")
     ap.add_argument("--no-cache", action="store_true", help="do not cache decoded notes in RAM")
-    ap.add_argument("--init-from", default=None, metavar="DIR",
-                    help="start from DIR/<model>_cnn.keras (fine-tuning) instead of random weights")
-    ap.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs)
     ap.add_argument("--distribute", choices=("mirrored",), default=None,
                     help="tf.distribute.MirroredStrategy over all GPUs of this machine")
     ap.add_argument("--xla", choices=("on", "off", "auto"), default="auto", help="XLA compilation")
-    ap.add_argument("--mixup", type=float, default=d.mixup_alpha, metavar="ALPHA",
-                    help="mixup within batches, lam ~ Beta(ALPHA, ALPHA); 0 = off")
-    ap.add_argument("--freq-mixstyle", type=float, default=AugmentParams().freq_mixstyle_probability, metavar="P",
-                    help="Freq-MixStyle on the log image with probability P per note (features.FreqMixStyle); 0 = off")
-    ap.add_argument("--early-release", type=float, default=AugmentParams().early_release_probability, metavar="P",
-                    help="share of notes whose note-off moves to a random earlier time (features.RandomRelease); "
-                         "0 = off")
-    ap.add_argument("--teacher", default=None, metavar="DIR",
-                    help="distil DIR/logmel_cnn.keras into this network: targets mix the label with its "
-                         "probabilities (TrainParams.distill_weight / distill_temperature)")
-    ap.add_argument("--distill-weight", type=float, default=d.distill_weight, metavar="W",
-                    help="share of the teacher's softened probabilities in each target (with --teacher)")
-    ap.add_argument("--waveform-rate", type=_waveform_rate, default=WaveformParams().target_rate_hz, metavar="HZ",
-                    help="rate the waveform CNN downsamples to (8000 or 12000; its filterbank keeps 32 ms "
-                         "kernels and 4 ms hops, WaveformParams.at_rate)")
-    ap.add_argument("--mel-bins", type=_mel_bins, default=LogMelParams().num_mel_bins, metavar="N",
-                    help="mel bands of the log-mel CNN's image (LogMelParams.num_mel_bins; 128 resolves twice as many "
-                         "harmonics at about twice the compute)")
     ap.add_argument("--watch", default=None, metavar="PATH",
                     help="labelled notes whose accuracy is logged per epoch (watch_accuracy; not used to choose "
                          "the checkpoint), e.g. ../shared/nsynth-real")
@@ -348,25 +394,20 @@ def add_parser(sub):
 
 
 def _main(args):
-    p = dataclasses.replace(TrainParams(), epochs=args.epochs, batch_size=args.batch_size,
-                            learning_rate=args.lr, seed=args.seed, early_stopping_patience=args.patience,
-                            shuffle_buffer=args.shuffle_buffer, class_balance=args.class_balance,
-                            warmup_epochs=args.warmup_epochs, mixup_alpha=args.mixup,
-                            distill_weight=args.distill_weight)
-    xla = {"on": True, "off": False, "auto": None}[args.xla]
+    p = dataclasses.replace(TrainParams(), batch_size=args.batch_size, seed=args.seed,
+                            early_stopping_patience=args.patience, shuffle_buffer=args.shuffle_buffer,
+                            class_balance=args.class_balance)
     import tensorflow as tf
+    models = MODEL_NAMES if args.model == "both" else (args.model,)
     try:
-        hist = train(args.model, args.train, args.valid, args.out, p, args.steps_per_epoch, args.distribute,
-                     xla, cache=not args.no_cache, init_from=args.init_from,
-                     watch=args.watch, teacher=args.teacher,
-                     aug=dataclasses.replace(AugmentParams(), freq_mixstyle_probability=args.freq_mixstyle,
-                                             early_release_probability=args.early_release),
-                     waveform=WaveformParams().at_rate(args.waveform_rate),
-                     logmel=dataclasses.replace(LogMelParams(), num_mel_bins=args.mel_bins))
+        histories = run_recipe(args.train, args.valid, args.out, models=models, epochs=args.epochs, p=p,
+                               teacher_dir=args.teacher, steps_per_epoch=args.steps_per_epoch,
+                               distribute=args.distribute, xla={"on": True, "off": False, "auto": None}[args.xla],
+                               cache=not args.no_cache, watch=args.watch)
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as err:
         raise data.translate_tf_error(err, args.train) from None
     key = "val_accuracy" if args.valid else "accuracy"
-    acc = [a for a in hist.get(key, []) if a == a] or [float("nan")]      # drop NaN (CSV "NA") entries
-    print(f"saved {weights_path(args.out, args.model)} (best {key} {max(acc):.3f}) and "
-          f"{history_path(args.out, args.model)}")
+    for name, hist in histories.items():
+        acc = [a for a in hist.get(key, []) if a == a] or [float("nan")]      # drop NaN (CSV "NA") entries
+        print(f"saved {weights_path(args.out, name)} (best {key} {max(acc):.3f}) and {history_path(args.out, name)}")
     return 0

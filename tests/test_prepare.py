@@ -9,6 +9,7 @@ import pytest
 
 from conftest import N, make_notes, run_cli
 from nsynth_cnn import data, prepare
+from nsynth_cnn.params import nsynth_family_to_label
 
 QUANT = 1.0 / 32768   # one step of 16-bit PCM
 PER_FAMILY = 6        # 66 notes, 6 of them synth_lead (dropped)
@@ -50,7 +51,7 @@ def test_round_trip_same_notes_audio_within_quantisation(prepared_dir, ordered_n
         assert np.max(np.abs(audio[i] - a)) <= 0.5 * QUANT + 1e-7
         assert meta["pitch"][i] == m["pitch"] and meta["velocity"][i] == m["velocity"]
         assert meta["instrument_str"][i] == m["instrument_str"] and meta["label"][i] == \
-            data.nsynth_family_to_label(m["instrument_family"])
+            nsynth_family_to_label(m["instrument_family"])
         np.testing.assert_array_equal(meta["qualities"][i], m["qualities"])
 
 

@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from .params import (AUDIO, FAMILIES, NSYNTH_FAMILY_NAMES, NSYNTH_SOURCE_NAMES, LogMelParams, TrainParams,
+from ..params import (AUDIO, FAMILIES, NSYNTH_FAMILY_NAMES, NSYNTH_SOURCE_NAMES, LogMelParams, TrainParams,
                      label_to_nsynth_family)
 
 FULL_NSYNTH_TRAIN_NOTES = 289_205
@@ -253,7 +253,7 @@ def generated_notes(n: int, seed: int = 0, bank_per_family: int = 24) -> Iterato
 
 
 def _meta(family: str, label: int, k: int, pitch: int, velocity: int, idx: int) -> dict:
-    from .data import note_metadata
+    from ..data import note_metadata
     source = NSYNTH_SOURCE_NAMES[k % 3]
     meta = note_metadata(family=family, source=source, instrument=k // 16, pitch=int(pitch), velocity=velocity,
                          note=idx, instrument_str=f"{family}_{source}_{k // 16:03d}")
@@ -277,14 +277,14 @@ class Workdir:
         return self._cache[key]
 
     def tfrecord(self, n: int | None = None) -> str:
-        from . import data
+        from .. import data
         n = n or self.n
         path = os.path.join(self.root, f"nsynth-{n}.tfrecord")
         return self._once(f"tfrecord{n}", lambda p: data.write_tfrecord(p, generated_notes(n)), path)
 
     def jsonwav(self) -> str:
         """The same notes as :meth:`tfrecord` in NSynth's JSON+wav layout (16-bit wav files)."""
-        from . import data
+        from .. import data
         path = os.path.join(self.root, f"jsonwav-{self.n}")
         rec = self.tfrecord()
 
@@ -296,7 +296,7 @@ class Workdir:
         return self._once("jsonwav", lambda p: data.write_jsonwav(p, notes()), path)
 
     def prepared(self) -> str:
-        from . import prepare
+        from .. import prepare
         path = os.path.join(self.root, f"prepared-{self.n}")
         shards = max(2, min(64, self.n // 256))
         return self._once("prepared", lambda p: prepare.prepare(self.tfrecord(), p, shards, log=None), path)
@@ -305,7 +305,7 @@ class Workdir:
         path = os.path.join(self.root, "weights")
 
         def make(p):
-            from . import models
+            from .. import models
             os.makedirs(p, exist_ok=True)
             for name in NETWORKS:     # untrained: latency and throughput do not depend on the weights
                 models.build_model(name).save(os.path.join(p, f"{name}_cnn.keras"))
@@ -325,7 +325,7 @@ class Workdir:
 def front_end_fn(name: str, xla: bool = False):
     """The network's own front-end layers (from a built model) as one compiled function on batches."""
     import tensorflow as tf
-    from . import models
+    from .. import models
     model = models.build_model(name, aug=None)
     layers = [model.get_layer(n) for n in FRONT_END_LAYERS[name]]
 
@@ -342,7 +342,7 @@ def _tfdata_case(path: str, batch: int, front=None, element_wise: bool = False) 
     """Streamed training input of ``path`` (``data.training_dataset``, no cache; prepared shards: whole batches
     parsed at once). ``element_wise``: the reader that float32 TFRecords, the cached path and evaluation use
     (parse in small batches, unbatch to notes, re-batch)."""
-    from . import data
+    from .. import data
     if element_wise:
         files = data.resolve_source(path)[1]
         ds = data.tfrecord_dataset(files, shuffle_seed=0, fields=data.LEAN_FIELDS).map(
@@ -415,7 +415,7 @@ def section_pipeline(report: Report, wd: Workdir, args) -> None:
 
 # ----------------------------------------------------------------------------------------------- (3) inference
 def section_inference(report: Report, wd: Workdir, args) -> None:
-    from . import evaluate, models
+    from .. import evaluate, models
     report.out(f"\n[inference] batched CPU inference, batch {args.batch_size}")
     rec = wd.tfrecord()
     x = np.stack([a for _, a in generated_notes(args.batch_size, seed=5)])
@@ -458,7 +458,7 @@ def _child_run(cmd: list[str], env: dict) -> tuple[float, float, int, str, float
 
 
 def section_predict(report: Report, wd: Workdir, args) -> None:
-    from . import data, evaluate, predict
+    from .. import data, evaluate, predict
     report.out("\n[predict] single-file latency: cold (new process) and warm (in-process)")
     weights, wav = wd.weights(), wd.wav()
     env = dict(os.environ)
@@ -503,8 +503,8 @@ def _compile_like_train(model, p: TrainParams, xla):
 def section_train(report: Report, wd: Workdir | None, args) -> None:
     """Training steps on synthetic numpy batches (the tf.data input is measured in ``pipeline``)."""
     import keras
-    from . import models
-    from .train import has_gpu
+    from .. import models
+    from ..train import has_gpu
     backend = keras.backend.backend()
     gpu = has_gpu()
     mixed = {"on": True, "off": False, "auto": gpu}[args.mixed_precision]
@@ -561,13 +561,13 @@ def _hms(seconds: float) -> str:
 # ----------------------------------------------------------------------------------------------- shuffle
 def first_batch_classes(path, batch: int, shuffle_buffer: int, batches: int = 5, seed: int = 0) -> list[int]:
     """Distinct classes in each of the first ``batches`` training batches of ``path``."""
-    from . import data
+    from .. import data
     ds = data.training_dataset(path, batch_size=batch, shuffle_buffer=shuffle_buffer, seed=seed, cache=False)
     return [len(set(lab.tolist())) for _, lab in data.iterate(ds.take(batches), path)]
 
 
 def section_shuffle(report: Report, wd: Workdir, args) -> None:
-    from . import prepare
+    from .. import prepare
     report.out(f"\n[shuffle] prepare the family-ordered {wd.n}-note file, and classes in the first batches")
     rec = wd.tfrecord()
     out = os.path.join(wd.root, "prepared-shuffle")
@@ -588,7 +588,7 @@ def section_shuffle(report: Report, wd: Workdir, args) -> None:
 
 # ----------------------------------------------------------------------------------------------- memory
 def section_memory(report: Report, wd: Workdir, args) -> None:
-    from . import data, evaluate, models
+    from .. import data, evaluate, models
     n = args.eval_notes
     report.out(f"\n[memory] evaluate a {n}-note TFRecord: streamed vs. all in RAM "
                f"({n * AUDIO.num_samples * 4 / 1e9:.2f} GB as float32)")
@@ -621,7 +621,7 @@ def _drop_page_cache(files: list[str]) -> None:
 
 
 def section_scale(report: Report, wd: Workdir, args) -> None:
-    from . import data, prepare
+    from .. import data, prepare
     sizes = sorted(float(s) for s in args.scale_gb.split(","))
     per_note = 2 * AUDIO.num_samples + 400
     shard_bytes = 64 * MB
@@ -667,7 +667,7 @@ def section_scale(report: Report, wd: Workdir, args) -> None:
 
 
 def _as_elements(notes):
-    from . import data
+    from .. import data
     for meta, audio in notes:
         yield data.metadata_element(meta, audio), audio
 

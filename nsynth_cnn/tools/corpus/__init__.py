@@ -21,8 +21,8 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
-from . import data
-from .params import AUDIO, FAMILIES
+from ... import data
+from ...params import AUDIO, FAMILIES, nsynth_family_to_label
 
 VELOCITIES = (25, 50, 75, 100, 127)
 SPLITS = ("train", "valid", "test")
@@ -127,11 +127,6 @@ class CorpusParams:
     synth_instruments: int = 300       # procedural electronic/synthetic instruments (synth.py); 0 = none
     bank_variations: bool = True       # also GS-style variation presets (banks 1-127) of complete banks
                                        # (corpus v5, the shipped weights, run r8 of docs/experiments.md); False = v4
-    stk_instruments: int = 0           # STK physical-model/FM instruments (stk.py, Debian `stk` + `faketime`);
-                                       # 0 = none (v5). Left out, with a warning, where stk-demo is missing
-    recording_rooms: int = 1           # each recording folder rendered this many times, copies 2.. each in
-                                       # its own random synthetic room (always reverberant): oversamples the
-                                       # only real recordings; 1 = once (v5)
     freepats: bool = False             # the programs of Debian's freepats GUS patch set (gus.py, rendered by
                                        # TiMidity++); False = none (v5). Left out, with a warning, where missing
 
@@ -143,10 +138,8 @@ class Instrument:
     program: int        # GM program (-1 for recordings)
     family: str
     source: str
-    kind: str           # "soundfont" | "recording" | "synth" | "stk" | "gus"
+    kind: str           # "soundfont" | "recording" | "synth" | "gus"
     bank: int = 0       # SoundFont bank: 0 = the GM preset, 1-127 = a GS-style variation of the program
-    room: int = 0       # recordings: 0 = as recorded (room with p.reverb_probability), k >= 1 = k-th extra
-                        # copy in a random room; shares the split of copy 0 (same key), not its random draws
 
     @property
     def key(self) -> str:
@@ -197,16 +190,14 @@ def bank_variations(path: str, max_similarity: float = 0.98) -> list[tuple[int, 
 
 
 def discover(soundfont_paths, sample_paths, synth_instruments: int = 0,
-             variations: bool = False, stk_instruments: int = 0, recording_rooms: int = 1,
-             freepats: bool = False) -> list[Instrument]:
+             variations: bool = False, freepats: bool = False) -> list[Instrument]:
     """Every instrument in the given SoundFont files/folders and recording folders, deduplicated, plus
     ``synth_instruments`` procedural ones (sample set ``procedural``; family by :func:`synth.family_of`),
-    with ``variations`` the variation presets of complete banks (:func:`bank_variations`), then
-    ``stk_instruments`` STK ones (sample set ``stk``; class by :func:`stk.voice_of`), with ``freepats`` the GM
-    programs of the freepats GUS patch set that have a family (sample set ``freepats``), then ``recording_rooms - 1``
-    more copies of every recording folder (:attr:`Instrument.room`). Each addition comes after
+    with ``variations`` the variation presets of complete banks (:func:`bank_variations`), then with
+    ``freepats`` the GM programs of the freepats GUS patch set that have a family (sample set ``freepats``; a
+    yardstick, ``make evaluate-freepats``). Each addition comes after
     the earlier ones, so the instruments (and their names) of a corpus without it keep their order."""
-    from . import gus, stk, synth
+    from . import gus, synth
     found, seen, varied = [], set(), []
     for p in soundfont_paths:
         if os.path.isdir(p):
@@ -242,22 +233,13 @@ def discover(soundfont_paths, sample_paths, synth_instruments: int = 0,
     for i in range(synth_instruments):
         fam = synth.family_of(i)
         found.append(Instrument("procedural", "procedural", i, fam, synth.SYNTH_FAMILIES[fam][0], "synth"))
-    if stk_instruments and not stk.available():
-        warnings.warn(f"{stk.STK_DEMO} or {stk.FAKETIME} not found: the corpus is rendered without its "
-                      f"{stk_instruments} STK instruments (install the Debian packages stk and faketime: "
-                      "make soundfonts)", stacklevel=2)
-        stk_instruments = 0
-    played = [Instrument("stk", stk.voice_of(i), i, *stk.VOICES[stk.voice_of(i)][:2], "stk")
-              for i in range(stk_instruments)]
     if freepats and not gus.available():
         warnings.warn(f"{gus.TIMIDITY} or {gus.FREEPATS_CFG} not found: the corpus is rendered without the freepats "
                       "instruments (install the Debian packages timidity and freepats: make soundfonts)", stacklevel=2)
         freepats = False
-    played += [Instrument("freepats", gus.FREEPATS_CFG, prog, *GM_FAMILY[prog], "gus")
+    played = [Instrument("freepats", gus.FREEPATS_CFG, prog, *GM_FAMILY[prog], "gus")
                for prog in (sorted(gus.programs()) if freepats else []) if prog in GM_FAMILY]
-    rooms = [dataclasses.replace(inst, room=k) for k in range(1, recording_rooms)
-             for inst in found if inst.kind == "recording"]
-    return found + varied + played + rooms
+    return found + varied + played
 
 
 def split_of(inst: Instrument, p: CorpusParams) -> str:
@@ -305,7 +287,7 @@ def fetch_tonejs(dest: str = TONEJS_DIR) -> list[str]:
 
 # ----------------------------------------------------------------------------------------------- rendering
 def _rng(inst: Instrument, seed: int) -> np.random.Generator:
-    key = f"{seed}:{inst.key}" + (f"#room{inst.room}" if inst.room else "")
+    key = f"{seed}:{inst.key}"
     return np.random.default_rng(int(hashlib.sha1(key.encode()).hexdigest()[:12], 16))
 
 
@@ -330,10 +312,10 @@ def room_reverb(audio: np.ndarray, rng: np.random.Generator, p: "CorpusParams") 
     return fftconvolve(audio, ir)[:len(audio)].astype(np.float32)
 
 
-def _finish(audio: np.ndarray, rng: np.random.Generator, p: "CorpusParams", room: bool = False) -> np.ndarray:
-    """A room (with ``room``, else with probability ``p.reverb_probability``), then peak-normalise to
-    ``p.peak`` (NSynth's notes are normalised)."""
-    if rng.uniform() < p.reverb_probability or room:
+def _finish(audio: np.ndarray, rng: np.random.Generator, p: "CorpusParams") -> np.ndarray:
+    """A random room with probability ``p.reverb_probability``, then peak-normalise to ``p.peak`` (NSynth's
+    notes are normalised)."""
+    if rng.uniform() < p.reverb_probability:
         audio = room_reverb(audio, rng, p)
     peak = float(np.max(np.abs(audio)))
     return (audio * (p.peak / peak)).astype(np.float32) if peak > 0 else audio.astype(np.float32)
@@ -449,7 +431,7 @@ def render_recordings(inst: Instrument, p: CorpusParams) -> list[tuple[int, int,
             audio = data.load_audio(f, context="recording", reject_silent=True, onset_trim=True)
         except data.DataError:
             continue
-        notes.append((pitch, vel, _finish(release_fade(audio), rng, p, room=inst.room > 0)))
+        notes.append((pitch, vel, _finish(release_fade(audio), rng, p)))
         if len(notes) >= p.recordings_per_instrument:
             break
     return notes
@@ -477,23 +459,6 @@ def _played_notes(inst: Instrument, p: CorpusParams, rng: np.random.Generator, p
     return notes
 
 
-def render_stk(inst: Instrument, p: CorpusParams, probe_notes: int = 6,
-               settings: int = 8) -> list[tuple[int, int, np.ndarray]]:
-    """``p.notes_per_instrument`` notes of one STK instrument (its class ``inst.path``, one random setting of
-    its controls); a note that does not sound is redrawn at another pitch, and a setting none of whose first
-    ``probe_notes`` notes sounds (a physical model that will not speak) is replaced, up to ``settings`` times."""
-    from . import stk
-    rng = _rng(inst, p.seed)
-    for _ in range(settings):
-        controls = stk.random_controls(inst.path, rng)
-        notes = _played_notes(inst, p, rng, lambda pitch, vel: stk.render_note(
-            inst.path, controls, pitch, vel, p.render_rate_hz, noise_seed=int(rng.integers(0, 10 ** 8))),
-            probe_notes)
-        if notes:
-            return notes
-    return []
-
-
 def render_gus(inst: Instrument, p: CorpusParams) -> list[tuple[int, int, np.ndarray]]:
     """``p.notes_per_instrument`` notes of one GUS patch program (``inst.path`` = TiMidity configuration file);
     a note TiMidity cannot play, or that is silent or clipped, is redrawn at another pitch."""
@@ -504,8 +469,7 @@ def render_gus(inst: Instrument, p: CorpusParams) -> list[tuple[int, int, np.nda
 
 def render_instrument(args) -> list[tuple[int, int, np.ndarray]]:
     inst, p = args
-    return {"recording": render_recordings, "synth": render_synth, "stk": render_stk,
-            "gus": render_gus}.get(inst.kind, render_soundfont)(inst, p)
+    return {"recording": render_recordings, "synth": render_synth, "gus": render_gus}.get(inst.kind, render_soundfont)(inst, p)
 
 
 # ----------------------------------------------------------------------------------------------- writing
@@ -515,7 +479,7 @@ def build(out_dir: str, soundfont_paths=DEFAULT_SOUNDFONTS, sample_paths=DEFAULT
     """Render the corpus into ``out_dir/{train,valid,test}``; returns per-split statistics."""
     from tqdm import tqdm
     instruments = discover(soundfont_paths, sample_paths, p.synth_instruments, p.bank_variations,
-                           p.stk_instruments, p.recording_rooms, p.freepats)
+                           p.freepats)
     if not instruments:
         raise data.DataError("No SoundFonts or recordings found. Install the Debian SoundFont packages "
                              "(make setup) or pass --soundfonts/--samples paths.")
@@ -540,7 +504,6 @@ def build(out_dir: str, soundfont_paths=DEFAULT_SOUNDFONTS, sample_paths=DEFAULT
             split = split_of(inst, p)
             rows.append({"instrument_str": inst_str, "instrument": inst_id, "split": split,
                          "sample_set": inst.sample_set, "bank": inst.bank, "program": inst.program,
-                         "room": inst.room,
                          "family": inst.family,
                          "path": os.path.relpath(inst.path, SHARED) if inst.path.startswith(
                              os.path.realpath(SHARED)) else inst.path, "notes": len(notes)})
@@ -581,7 +544,7 @@ def _write_split(folder, split, notes, p: CorpusParams, layouts) -> dict:
             data.write_tfrecord(os.path.join(folder, name), notes[s::n_shards])
     if "jsonwav" in layouts:
         data.write_jsonwav(os.path.join(folder, "jsonwav"), notes)
-    labels = [data.nsynth_family_to_label(m["instrument_family"]) for m, _ in notes]
+    labels = [nsynth_family_to_label(m["instrument_family"]) for m, _ in notes]
     counts = np.bincount(labels, minlength=len(FAMILIES)).tolist()
     st = {"notes": len(notes), "instruments": len({m["instrument"] for m, _ in notes}), "label_counts": counts}
     with open(os.path.join(folder, "stats.json"), "w") as fh:
@@ -603,14 +566,9 @@ def add_parser(sub):
                     default="on" if CorpusParams.bank_variations else "off",
                     help="also render the variation presets (banks 1-127) of complete banks: 'on' = corpus v5, "
                          "'off' = v4 (default: %(default)s, the corpus of the shipped weights)")
-    ap.add_argument("--stk-instruments", type=int, default=CorpusParams.stk_instruments,
-                    help="STK physical-model and FM instruments to add (Debian package stk; 0 = none, as in v5)")
     ap.add_argument("--freepats", choices=("on", "off"), default="on" if CorpusParams.freepats else "off",
                     help="also render the programs of Debian's freepats GUS patch set with TiMidity++ (packages "
                          "freepats and timidity; default: %(default)s, as in v5)")
-    ap.add_argument("--recording-rooms", type=int, default=CorpusParams.recording_rooms,
-                    help="render every recording folder this many times, the extra copies each in a random "
-                         "synthetic room (oversamples the real recordings; 1 = once, as in v5)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--layouts", default="tfrecord,jsonwav", help="comma list: tfrecord,jsonwav")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
@@ -621,7 +579,6 @@ def add_parser(sub):
 def _main(args):
     p = CorpusParams(notes_per_instrument=args.notes_per_instrument, seed=args.seed,
                      synth_instruments=args.synth_instruments, bank_variations=args.bank_variations == "on",
-                     stk_instruments=args.stk_instruments, recording_rooms=args.recording_rooms,
                      freepats=args.freepats == "on")
     stats = build(args.out, args.soundfonts, args.samples, p, tuple(args.layouts.split(",")), args.workers,
                   args.limit_instruments)

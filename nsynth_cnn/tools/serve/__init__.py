@@ -31,14 +31,14 @@ from typing import Any
 
 import numpy as np
 
-from .data import DataError, load_audio, read_examples_json
-from .params import AUDIO, FAMILIES, NSYNTH_FAMILY_NAMES, SYNTH_LEAD_ID, LogMelParams, nsynth_family_to_label
+from ...data import DataError, load_audio, read_examples_json
+from ...weights import DEFAULT_DIR as DEFAULT_WEIGHTS_DIR
+from ...weights import MODEL_NAMES, load_model_file, train_command, weights_path
+from ...params import AUDIO, FAMILIES, NSYNTH_FAMILY_NAMES, SYNTH_LEAD_ID, LogMelParams, nsynth_family_to_label
 
 log = logging.getLogger(__name__)
 
-MODEL_NAMES = ("waveform", "logmel")
 MODEL_TITLES = {"waveform": "Waveform CNN", "logmel": "Log-mel CNN"}
-DEFAULT_WEIGHTS_DIR = "weights"
 DEFAULT_SAMPLE_DIR = os.path.join("data", "nsynth-sample")
 DEFAULT_MAX_UPLOAD_MB = 20
 UPLOAD_ACCEPT = "audio/*,.wav,.flac,.mp3,.ogg,.oga,.opus,.aif,.aiff"
@@ -52,14 +52,6 @@ class UploadError(Exception):
         self.message, self.status = message, status
 
 
-def weights_file(weights_dir: str, name: str) -> str:
-    return os.path.join(weights_dir, f"{name}_cnn.keras")
-
-
-def train_command(name: str, weights_dir: str) -> str:
-    return f"python -m nsynth_cnn train --model {name} --train PATH --valid PATH --out {weights_dir}"
-
-
 # ----------------------------------------------------------------------------------------------- models
 class ModelStore:
     """Loads ``<weights_dir>/<name>_cnn.keras`` on first use; reloads when the file changes on disk."""
@@ -71,7 +63,7 @@ class ModelStore:
 
     def get(self, name: str):
         """``(model, None)`` or ``(None, problem message)``."""
-        path = weights_file(self.weights_dir, name)
+        path = weights_path(self.weights_dir, name)
         try:
             st = os.stat(path)
         except OSError:
@@ -85,7 +77,7 @@ class ModelStore:
             if cached and cached[0] == stamp:
                 return cached[1], None
             try:
-                model = _load_model(path)
+                model = load_model_file(path)
             except Exception as err:  # noqa: BLE001 - any load failure is reported on the page
                 log.exception("cannot load %s", path)
                 return None, (f"Cannot load {path} ({type(err).__name__}: {str(err)[:200]}). The file may be "
@@ -93,17 +85,6 @@ class ModelStore:
                               f"`{train_command(name, self.weights_dir)}`.")
             self._cache[name] = (stamp, model)
             return model, None
-
-
-def _load_model(path: str):
-    import keras
-
-    import nsynth_cnn  # noqa: F401  (registers the custom layers)
-    model = keras.models.load_model(path, compile=False)
-    if tuple(model.input_shape[1:]) != (AUDIO.num_samples,) or tuple(model.output_shape[1:]) != (len(FAMILIES),):
-        raise ValueError(f"model maps {model.input_shape} -> {model.output_shape}; expected "
-                         f"(None, {AUDIO.num_samples}) -> (None, {len(FAMILIES)})")
-    return model
 
 
 def predict_probabilities(model, audio: np.ndarray) -> np.ndarray:
@@ -116,8 +97,8 @@ def log_mel_image(audio: np.ndarray, logmel_model=None):
     """``(image, layer)``: the (frames, mels) image the log-mel CNN sees, made by its own ``log_mel`` layer on
     the peak-normalised note. Without a loaded log-mel model the layer is built from :class:`LogMelParams`
     (the settings it is trained with)."""
-    from . import features as F
-    from .models import front_end
+    from ... import features as F
+    from ...models import front_end
     layer = front_end(logmel_model, "log_mel") if logmel_model is not None else None
     if layer is None:
         p = LogMelParams()
@@ -384,7 +365,7 @@ def _main(args) -> int:
     store = app.extensions["nsynth_models"]
     for name in MODEL_NAMES:
         model, problem = store.get(name)
-        print(f"{MODEL_TITLES[name]}: " + (f"loaded {weights_file(args.weights, name)}" if model else problem))
+        print(f"{MODEL_TITLES[name]}: " + (f"loaded {weights_path(args.weights, name)}" if model else problem))
     notes, problem = sample_notes(args.sample)
     print(f"sample: {len(notes)} notes from {args.sample}" if notes else problem)
     if not is_loopback(args.host):

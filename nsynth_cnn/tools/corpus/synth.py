@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .params import AUDIO
+from ...params import AUDIO
 
 SR = AUDIO.sample_rate_hz
 MAX_PARTIAL_HZ = 7_800.0

@@ -20,7 +20,7 @@ import tempfile
 
 import numpy as np
 
-from .params import AUDIO
+from ...params import AUDIO
 
 TIMIDITY = "timidity"
 FREEPATS_CFG = "/etc/timidity/freepats.cfg"

@@ -1,0 +1,9 @@
+"""Developer tools around the product: they import :mod:`nsynth_cnn`, never the other way round.
+
+- :mod:`nsynth_cnn.tools.corpus`: renders the NSynth-format training corpus (and the freepats / tonejs
+  yardsticks) from General-MIDI SoundFonts, GUS patches, recordings and procedural synths;
+- :mod:`nsynth_cnn.tools.bench`: speed and memory benchmark (docs/performance.md);
+- :mod:`nsynth_cnn.tools.serve`: a local web page that classifies an uploaded recording.
+
+Command line: ``python -m nsynth_cnn.tools {corpus,bench,serve} ...``.
+"""
