@@ -1,22 +1,23 @@
 # NSynth instrument-family CNNs. `make help` lists the targets; variables can be set on the command line,
 # e.g. `make train DATA=/path/to/corpus EPOCHS=5`.
 PYTHON ?= python
-# Debian packages the tests need (SoundFont for the corpus test, Chromium for the web-page test); .ci/run
-# installs the same list. The full corpus also renders fluid-soundfont-gm, musescore-general-soundfont,
-# fluidr3mono-gm-soundfont, opl3-soundfont and csound-soundfont: `make setup APT_EXTRA="..."`.
-APT_PACKAGES = make timgm6mb-soundfont chromium stk faketime freepats timidity
+# Debian packages the tests need (a SoundFont for the corpus test, Chromium for the web-page test, freepats +
+# TiMidity++ for the freepats yardstick's test); .ci/run installs the same list. The full corpus also renders
+# fluid-soundfont-gm, musescore-general-soundfont, fluidr3mono-gm-soundfont, opl3-soundfont and csound-soundfont:
+# `make soundfonts`.
+APT_PACKAGES = make timgm6mb-soundfont chromium freepats timidity
 APT_EXTRA ?=
 # Training data: a folder with train/ and valid/ NSynth splits (TFRecords or JSON+wav), e.g. the output of
-# `python -m nsynth_cnn corpus --out corpus`.
+# `python -m nsynth_cnn.tools corpus --out corpus`, or TRAIN_DATA=.../nsynth-train.tfrecord VALID_DATA=... for NSynth.
 DATA ?= corpus
 TRAIN_DATA ?= $(DATA)/train
 VALID_DATA ?= $(DATA)/valid
 EVAL_DATA ?= data/nsynth-sample
 WEIGHTS ?= weights
-EPOCHS ?= 30
+EPOCHS ?=
 MODEL ?= both
 
-.PHONY: help setup test train evaluate
+.PHONY: help setup setup-gpu test train train-gpu evaluate
 help:  ## list the targets
 	@grep -E '^[a-z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
 
@@ -29,61 +30,67 @@ setup:  ## install system packages (needs root) and the pinned Python dependenci
 test:  ## the test suite (the command README.md and .ci/run use)
 	$(PYTHON) -m pytest -q
 
-train:  ## train both networks on $(TRAIN_DATA), early stopping on $(VALID_DATA); writes $(WEIGHTS)/*_cnn.keras
-	$(PYTHON) -m nsynth_cnn train --model waveform --train $(TRAIN_DATA) --valid $(VALID_DATA) --out $(WEIGHTS) --epochs $(EPOCHS)
-	$(PYTHON) -m nsynth_cnn train --model logmel --train $(TRAIN_DATA) --valid $(VALID_DATA) --out $(WEIGHTS) --epochs $(EPOCHS)
+TRAIN_ARGS ?=
+train:  ## the shipped recipe (params.RECIPE) on $(TRAIN_DATA), early stopping on $(VALID_DATA); writes $(WEIGHTS)/*_cnn.keras
+	$(PYTHON) -m nsynth_cnn train --train $(TRAIN_DATA) --valid $(VALID_DATA) --out $(WEIGHTS) $(if $(EPOCHS),--epochs $(EPOCHS)) $(TRAIN_ARGS)
+
+setup-gpu:  ## on a CUDA machine: the pinned dependencies with TensorFlow's CUDA build instead of tensorflow-cpu
+	$(PYTHON) -m pip install -r requirements.txt
+	$(PYTHON) -m pip uninstall -y tensorflow-cpu
+	$(PYTHON) -m pip install "tensorflow[and-cuda]==$$(sed -n 's/^tensorflow-cpu==//p' requirements.txt | cut -d' ' -f1)"
+
+train-gpu:  ## `make train` after checking that TensorFlow sees a GPU (mixed precision is then automatic)
+	$(PYTHON) -c "import sys; from nsynth_cnn.train import has_gpu; sys.exit(0 if has_gpu() else 'no GPU visible to TensorFlow: run make setup-gpu on a CUDA machine')"
+	$(MAKE) train
 
 evaluate:  ## accuracy + confusion matrix of $(WEIGHTS) on $(EVAL_DATA); JSON in runs/
 	mkdir -p runs
 	$(PYTHON) -m nsynth_cnn evaluate --model $(MODEL) --data $(EVAL_DATA) --weights $(WEIGHTS) --out runs/evaluation_$(MODEL).json
 
-# ---- web page (nsynth_cnn/serve.py): upload a recording or pick a sample note, see both networks' answers
-PYTHON ?= python
+# ---- developer tools (nsynth_cnn/tools): web page, corpus, yardsticks, benchmark
+# web page (nsynth_cnn/tools/serve): upload a recording or pick a sample note, see both networks' answers
 SERVE_HOST ?= 127.0.0.1
 SERVE_PORT ?= 8000
 .PHONY: serve
 serve:  ## local web page on http://$(SERVE_HOST):$(SERVE_PORT)/ using weights/*.keras and data/nsynth-sample
-	$(PYTHON) -m nsynth_cnn serve --host $(SERVE_HOST) --port $(SERVE_PORT) --weights weights --sample data/nsynth-sample
+	$(PYTHON) -m nsynth_cnn.tools serve --host $(SERVE_HOST) --port $(SERVE_PORT) --weights weights --sample data/nsynth-sample
 
 # ---- corpus and shipped weights (issue: NSynth-format corpus from real instrument samples)
 CORPUS ?= corpus
-SOUNDFONT_PACKAGES = fluid-soundfont-gm musescore-general-soundfont timgm6mb-soundfont csound-soundfont stk faketime \
+SOUNDFONT_PACKAGES = fluid-soundfont-gm musescore-general-soundfont timgm6mb-soundfont csound-soundfont \
 	fluidr3mono-gm-soundfont opl3-soundfont freepats timidity
 .PHONY: soundfonts recordings evaluate-recordings evaluate-freepats corpus sample weights
-soundfonts:  ## install the six Debian SoundFont packages the corpus renders, STK + faketime, freepats + TiMidity++ (needs root)
+soundfonts:  ## install the six Debian SoundFont packages the corpus renders, and freepats + TiMidity++ (needs root)
 	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(SOUNDFONT_PACKAGES)
 
 recordings:  ## fetch the 20 tonejs-instruments recording sets (npm, MIT) into sources/tonejs/ (corpus --samples)
-	$(PYTHON) -c "from nsynth_cnn import corpus; print(len(corpus.fetch_tonejs()), 'folders in', corpus.TONEJS_DIR)"
+	$(PYTHON) -c "from nsynth_cnn.tools import corpus; print(len(corpus.fetch_tonejs()), 'folders in', corpus.TONEJS_DIR)"
 
 TONEJS_EVAL ?= corpus-tonejs-eval
 evaluate-recordings: recordings  ## both shipped networks on the tonejs recordings (20 real instruments, 411 notes; none in their training data)
-	$(PYTHON) -m nsynth_cnn corpus --out $(TONEJS_EVAL) --soundfonts --samples sources/tonejs --synth-instruments 0 \
+	$(PYTHON) -m nsynth_cnn.tools corpus --out $(TONEJS_EVAL) --soundfonts --samples sources/tonejs --synth-instruments 0 \
 	  --bank-variations off --notes-per-instrument 16 --seed 0 --layouts tfrecord
 	$(PYTHON) -m nsynth_cnn evaluate --model both --data '$(TONEJS_EVAL)/*/*.tfrecord' --weights weights \
 	  --out weights/evaluation_tonejs.json
 
 FREEPATS_EVAL ?= corpus-freepats-eval
 evaluate-freepats:  ## both shipped networks on Debian's freepats GUS patches (59 GM programs, 944 notes; none in their training data)
-	$(PYTHON) -m nsynth_cnn corpus --out $(FREEPATS_EVAL) --soundfonts --samples --synth-instruments 0 \
+	$(PYTHON) -m nsynth_cnn.tools corpus --out $(FREEPATS_EVAL) --soundfonts --samples --synth-instruments 0 \
 	  --bank-variations off --freepats on --notes-per-instrument 16 --seed 0 --layouts tfrecord
 	$(PYTHON) -m nsynth_cnn evaluate --model both --data '$(FREEPATS_EVAL)/*/*.tfrecord' --weights weights \
 	  --out weights/evaluation_freepats.json
 
 CORPUS_ARGS ?=
 corpus:  ## render the NSynth-format corpus into $(CORPUS)/ (Debian SoundFonts + ../shared banks and recordings)
-	$(PYTHON) -m nsynth_cnn corpus --out $(CORPUS) --notes-per-instrument 16 --seed 0 $(CORPUS_ARGS)
+	$(PYTHON) -m nsynth_cnn.tools corpus --out $(CORPUS) --notes-per-instrument 16 --seed 0 $(CORPUS_ARGS)
 
 sample:  ## rebuild data/nsynth-sample (10 notes per family from the corpus test split, MIT SoundFonts only)
 	rm -rf data/nsynth-sample
-	$(PYTHON) -c "from nsynth_cnn import corpus; print(corpus.embedded_sample('$(CORPUS)', 'data/nsynth-sample'))"
+	$(PYTHON) -c "from nsynth_cnn.tools import corpus; print(corpus.embedded_sample('$(CORPUS)', 'data/nsynth-sample'))"
 
 WATCH = $(if $(wildcard ../shared/nsynth-real),--watch ../shared/nsynth-real,)
-weights:  ## the shipped weights on $(CORPUS) (seed 1234): log-mel 12 epochs; waveform 12, then 5 distilled from the log-mel CNN
-	$(PYTHON) -m nsynth_cnn train --model logmel --train $(CORPUS)/train --valid $(CORPUS)/valid --out weights --epochs 12 $(WATCH)
-	$(PYTHON) -m nsynth_cnn train --model waveform --train $(CORPUS)/train --valid $(CORPUS)/valid --out runs/waveform-base --epochs 12 --no-cache $(WATCH)
-	$(PYTHON) -m nsynth_cnn train --model waveform --train $(CORPUS)/train --valid $(CORPUS)/valid --out weights --epochs 5 \
-	  --init-from runs/waveform-base --teacher weights --lr 5e-4 --warmup-epochs 0 $(WATCH)
+weights:  ## the shipped weights: `make train` on $(CORPUS) into weights/ (the recipe, seed 1234), then their evaluations
+	$(MAKE) train TRAIN_DATA=$(CORPUS)/train VALID_DATA=$(CORPUS)/valid WEIGHTS=weights EPOCHS= TRAIN_ARGS="$(WATCH)"
 	$(PYTHON) -m nsynth_cnn evaluate --data $(CORPUS)/test --weights weights --out weights/evaluation_corpus_test.json
 	if [ -d ../shared/nsynth-real ]; then $(PYTHON) -m nsynth_cnn evaluate --data ../shared/nsynth-real --weights weights --out weights/evaluation_real_nsynth.json; fi
 
@@ -102,10 +109,10 @@ report:  ## export the executed notebook to report/project1.html, and report/pro
 zip:  ## project1.zip: executed notebook, weights/, nsynth_cnn/, requirements.txt, README.md, data sample, figures
 	$(PYTHON) -c "from nsynth_cnn.report import package_zip; print(len(package_zip('project1.zip')), 'files in project1.zip')"
 
-# ---- speed and memory (nsynth_cnn/bench.py): side-by-side ratios on generated notes; docs/performance.md
+# ---- speed and memory (nsynth_cnn/tools/bench.py): side-by-side ratios on generated notes; docs/performance.md
 BENCH_NOTES ?= 2048
 BENCH_ARGS ?=
 .PHONY: bench
 bench:  ## speed + memory benchmark on $(BENCH_NOTES) generated notes (BENCH_ARGS="--only scale" etc.); JSON in runs/
 	mkdir -p runs
-	$(PYTHON) -m nsynth_cnn bench --notes $(BENCH_NOTES) --json runs/bench.json $(BENCH_ARGS)
+	$(PYTHON) -m nsynth_cnn.tools bench --notes $(BENCH_NOTES) --json runs/bench.json $(BENCH_ARGS)

@@ -7,18 +7,21 @@ Bad input raises :class:`DataError` with a message that says what to do.
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import itertools
 import json
 import os
 import re
+import shutil
+import tempfile
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
-from . import shards
+from . import schema, shards
 from .params import (AUDIO, FAMILIES, NSYNTH_FAMILY_NAMES, NSYNTH_QUALITY_NAMES, NSYNTH_SOURCE_NAMES,
                      NUM_CLASSES, SYNTH_LEAD_ID)
 from .schema import (INT_FEATURES, LEAN_FIELDS, META_KEYS, STR_FEATURES, DataError,  # noqa: F401 (re-exported)
@@ -35,7 +38,7 @@ def resolve_source(path: str | os.PathLike) -> tuple[str, list[str]]:
     """
     path = os.fspath(path)
     if any(ch in path for ch in "*?["):
-        files = sorted(glob.glob(path))
+        files = sorted(f for f in glob.glob(path) if os.path.isfile(f))
         if not files:
             raise DataError(f"No files match {path!r}. Check the pattern, or pass the folder that holds "
                             "the NSynth data (TFRecord files or examples.json + audio/).")
@@ -68,10 +71,12 @@ def tfrecord_dataset(files: list[str], *, parallel_reads: int | None = None, shu
     With ``shuffle_seed`` (training) the file order is shuffled and records of up to 16 files are
     interleaved one at a time, without a fixed output order; otherwise the order is deterministic.
     ``fields=LEAN_FIELDS`` parses only the audio and family (elements: audio, instrument_family, label).
+    Records in the TFDS schema (NSynth as ``tensorflow_datasets`` stores it) are recognised and parsed into the
+    same elements (:mod:`nsynth_cnn.tfds_format`).
     """
     tf = tensorflow()
     ds = record_dataset(files, parallel_reads=parallel_reads, shuffle_seed=shuffle_seed)
-    parser = record_parser(files)
+    parser = source_parser(files)
     ds = ds.batch(PARSE_BATCH).map(lambda s: parser(s, fields), num_parallel_calls=tf.data.AUTOTUNE).unbatch()
     return ds.filter(lambda e: e["label"] >= 0)
 
@@ -96,6 +101,14 @@ def record_parser(files: list[str]):
     return shards.parse_prepared if shards.is_prepared(files) else parse_serialized
 
 
+def source_parser(files: list[str]):
+    """:func:`record_parser`, or the TFDS-schema parser when ``files`` are NSynth as TFDS prepares it."""
+    from . import tfds_format
+    if not shards.is_prepared(files) and tfds_format.is_tfds(files):
+        return tfds_format.parse_tfds
+    return record_parser(files)
+
+
 def _compression(filename) -> str:
     tf = tensorflow()
     return tf.where(tf.strings.regex_full_match(filename, r".*\.gz"), "GZIP", "")
@@ -105,14 +118,33 @@ def _read_notes_csv(path: str) -> dict:
     """A ``notes.csv`` listing (note_str, instrument_family_str, instrument_source_str, pitch, velocity)
     stands in for examples.json, e.g. for a hand-collected folder of real NSynth notes."""
     import pandas as pd
+    try:
+        rows = pd.read_csv(path).to_dict("records")
+    except Exception as err:  # noqa: BLE001 - any parse failure is the file's fault
+        raise DataError(f"{path} cannot be read as CSV ({type(err).__name__}: {str(err)[:200]}).") from None
+    need = ("note_str", "instrument_family_str", "pitch", "velocity")
+    missing = [c for c in need if rows and c not in rows[0]]
+    if not rows or missing:
+        raise DataError(f"{path} has no notes or lacks the columns {', '.join(missing or need)}; expected "
+                        "note_str,instrument_family_str,instrument_source_str,pitch,velocity.")
     meta = {}
-    for row in pd.read_csv(path).to_dict("records"):
-        fam = row["instrument_family_str"]
+    for line, row in enumerate(rows, start=2):
+        note, fam = str(row["note_str"]), row["instrument_family_str"]
         src = row.get("instrument_source_str", "acoustic")
-        inst_str = row["note_str"].rsplit("-", 2)[0]
-        meta[row["note_str"]] = {
-            "note_str": row["note_str"], "instrument_str": inst_str, "pitch": int(row["pitch"]),
-            "velocity": int(row["velocity"]), "sample_rate": AUDIO.sample_rate_hz,
+        where = f"{path} line {line}: note {note}"
+        if fam not in NSYNTH_FAMILY_NAMES:
+            raise schema.family_error(where, fam, key="instrument_family_str")
+        if src not in NSYNTH_SOURCE_NAMES:
+            raise DataError(f"{where}: instrument_source_str {src!r} is not an NSynth source "
+                            f"({', '.join(NSYNTH_SOURCE_NAMES)}).")
+        try:
+            pitch, velocity = int(row["pitch"]), int(row["velocity"])
+        except (TypeError, ValueError):
+            raise DataError(f"{where}: pitch {row['pitch']!r} / velocity {row['velocity']!r} are not whole "
+                            "numbers (MIDI 0..127).") from None
+        meta[note] = {
+            "note_str": note, "instrument_str": note.rsplit("-", 2)[0], "pitch": pitch,
+            "velocity": velocity, "sample_rate": AUDIO.sample_rate_hz,
             "instrument_family": NSYNTH_FAMILY_NAMES.index(fam), "instrument_family_str": fam,
             "instrument_source": NSYNTH_SOURCE_NAMES.index(src), "instrument_source_str": src}
     return meta
@@ -141,14 +173,19 @@ def jsonwav_records(folder: str, shuffle_seed=None) -> Iterator[dict]:
     order = sorted(meta)
     if shuffle_seed is not None:
         order = [order[i] for i in np.random.default_rng(shuffle_seed).permutation(len(order))]
+    listing = os.path.join(folder, "examples.json" if os.path.isfile(os.path.join(folder, "examples.json"))
+                           else "notes.csv")
     for note_str in order:
         m = meta[note_str]
-        if m.get("instrument_family") == SYNTH_LEAD_ID:
+        where = f"{listing}: note {note_str}"
+        if not isinstance(m, dict):
+            raise DataError(f"{where}: expected an object of NSynth metadata, found {type(m).__name__}.")
+        if schema.check_family(m.get("instrument_family"), where) == SYNTH_LEAD_ID:
             continue
         wav = os.path.join(folder, "audio", f"{note_str}.wav")
         if not os.path.isfile(wav):
             raise DataError(f"{wav} is listed in examples.json but missing. Re-extract the archive.")
-        yield metadata_element(m, load_audio(wav, context="NSynth note"))
+        yield metadata_element(m, load_audio(wav, context="NSynth note"), where=where)
 
 
 def jsonwav_dataset(folder: str, shuffle_seed: int | None = None):
@@ -174,15 +211,77 @@ def nsynth_dataset(path):
     return tfrecord_dataset(files)
 
 
+AUDIO_SUFFIXES = (".wav", ".wave", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aif", ".aiff", ".m4a")
+_AUDIO_MAGIC = (b"RIFF", b"RF64", b"fLaC", b"OggS", b"ID3", b"FORM")
+
+
+def _files_of(source) -> list[str]:
+    """The files a data source names (for diagnosing an error; [] when it cannot be resolved)."""
+    try:
+        return resolve_source(source)[1] if isinstance(source, (str, os.PathLike)) else []
+    except DataError:
+        return []
+
+
+def _head(path: str, n: int) -> bytes | None:
+    """The first ``n`` bytes of a file (None when it cannot be read)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(n)
+    except OSError:
+        return None
+
+
+def _looks_like_audio(path: str) -> bool:
+    head = _head(path, 12) or b""
+    return path.lower().endswith(AUDIO_SUFFIXES) or head.startswith(_AUDIO_MAGIC) or head[4:8] == b"ftyp"
+
+
+def _tf_detail(msg: str) -> str:
+    """TensorFlow's error text without its op/iterator plumbing (kept short for a one-line message)."""
+    msg = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", msg)
+    msg = re.sub(r"Error in user-defined function passed to \S+ transformation with iterator: \S+:\s*", "", msg)
+    msg = re.sub(r"\s*\[\[\{\{node [^]]*\]\]|\s*\[Op:\w+\].*$", "", msg, flags=re.S)
+    return " ".join(msg.split())[:300]
+
+
 def translate_tf_error(err: Exception, source) -> DataError:
-    """Turn TensorFlow's low-level read/parse errors into a DataError that says what to do."""
-    msg = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
-    if "corrupted record" in msg.lower() or "DataLoss" in type(err).__name__ or "truncated" in msg.lower():
+    """Turn TensorFlow's low-level read/parse errors into a DataError that says what to do.
+
+    The whole message is searched (the specific causes come late in it) before it is cut for display; when the
+    bytes themselves cannot be read, the files are looked at to tell audio files and mis-named ``.gz`` files
+    (which downloading again would not fix) from damaged TFRecords."""
+    full = str(err).strip()
+    msg = _tf_detail(full) if full else type(err).__name__
+    lower = full.lower()
+    if schema.FAMILY_ASSERT_TAG in full:
+        # "assertion failed: [TAG] [value:] [99 ...] [note_str:] [name ...]" (see schema.element_from_parsed)
+        value = re.search(r"\[value:\] \[(-?\d+)", full)
+        note = re.search(r"\[note_str:\] \[([^\]\s]+)", full)
+        where = f"{source}: note {note.group(1)}" if note else f"{source}: a note"
+        return schema.family_error(where, int(value.group(1)) if value else "out of range")
+    if "key: audio" in lower or "feature: audio" in lower or "audio" in lower and "shape" in lower:
+        size = re.search(r"values size: (\d+)", lower)
+        have = f"has {size.group(1)} samples" if size else "does not have the expected length"
+        return DataError(f"{source}: a record's audio {have}, not {AUDIO.num_samples} (NSynth notes are 4 s at "
+                         f"16 kHz) ({msg}). Pad or trim each note to 4 s (data.fit_length) and rewrite the data "
+                         "with nsynth_cnn.data.write_tfrecord.")
+    if "corrupted record" in lower or "DataLoss" in type(err).__name__ or "truncated" in lower \
+            or "inflate" in lower:
+        files = _files_of(source)
+        audio = [f for f in files if _looks_like_audio(f)]
+        if audio:
+            what = ("this is an audio file" if audio == [os.fspath(source)]
+                    else f"{len(audio)} of its {len(files)} files are audio files (e.g. {audio[0]})")
+            return DataError(f"{source}: {what}, not NSynth data; use `python -m nsynth_cnn "
+                             f"predict FILE` to classify recordings, or pass an NSynth TFRecord/JSON+wav folder "
+                             "as --data.")
+        for f in files:
+            if f.endswith(".gz") and _head(f, 2) not in (b"\x1f\x8b", None):
+                return DataError(f"{f}: the name ends in .gz but the file is not gzip-compressed; rename it "
+                                 "without .gz (a .gz name makes it read as compressed).")
         return DataError(f"{source}: a TFRecord is corrupt or truncated ({msg}). Download that file again "
                          "(compare its size/checksum with the original).")
-    if "Key: audio" in msg or "Feature: audio" in msg or "audio" in msg and "shape" in msg.lower():
-        return DataError(f"{source}: a record's audio is not {AUDIO.num_samples} float samples ({msg}). "
-                         "NSynth notes are 4 s at 16 kHz; rewrite the data with nsynth_cnn.data.write_tfrecord.")
     return DataError(f"{source}: cannot read this as NSynth data ({msg}). Is it an NSynth TFRecord "
                      "(tf.train.Example with the NSynth schema) or a JSON+wav folder?")
 
@@ -196,14 +295,14 @@ def iterate(ds, source) -> Iterator[Any]:
             yield next(it)
         except StopIteration:
             return
-        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as err:
-            raise translate_tf_error(err, source) from None
-        except tf.errors.UnknownError as err:
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError, tf.errors.UnknownError) as err:
             # A DataError raised inside a Python generator (JSON+wav reader) reaches us wrapped by tf.data.
             wrapped = re.search(r"DataError: (.+)", str(err))
-            if wrapped is None:
+            if wrapped is not None:
+                raise DataError(wrapped.group(1).strip()) from None
+            if isinstance(err, tf.errors.UnknownError):
                 raise
-            raise DataError(wrapped.group(1).strip()) from None
+            raise translate_tf_error(err, source) from None
 
 
 def load_arrays(path, limit: int | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -406,6 +505,19 @@ def write_jsonwav(folder: str, notes: Iterable[tuple[Mapping[str, Any], np.ndarr
 
 # ----------------------------------------------------------------------------------------------- audio files
 SILENCE_PEAK = 1e-4  # peak amplitude below which a recording counts as silent (-80 dBFS)
+# Decoding is bounded by what is classified: at most the first MAX_DECODE_SECONDS of a file are decoded (the
+# onset is searched in them, then 4 s from it are kept), block by block, each block averaged to mono and resampled
+# to 16 kHz before the next is read. Memory is then a few MB whatever the file's length, rate or channel count
+# (a 0.5 MB FLAC can hold minutes of 192 kHz 8-channel silence: 1.8 GB as float32 if decoded whole).
+MAX_DECODE_SECONDS = 30.0
+MAX_CHANNELS = 64                          # headers outside these limits are damaged files, not recordings
+SAMPLE_RATE_RANGE_HZ = (1_000, 768_000)
+DECODE_BLOCK_FRAMES = 16_384             # frames decoded per block (fewer when that is over 4 MB)
+DECODE_BLOCK_BYTES = 4 << 20
+
+
+class AudioWarning(UserWarning):
+    """A recording that is classified but could not be read entirely as its header says (e.g. cut short)."""
 
 
 def fit_length(audio: np.ndarray, num_samples: int = AUDIO.num_samples) -> np.ndarray:
@@ -416,57 +528,167 @@ def fit_length(audio: np.ndarray, num_samples: int = AUDIO.num_samples) -> np.nd
     return audio
 
 
-def load_audio(path: str, *, context: str = "audio file", min_seconds: float = 0.05,
-               reject_silent: bool = False, onset_trim: bool = False) -> np.ndarray:
+def load_audio(source, *, context: str = "audio file", min_seconds: float = 0.05,
+               reject_silent: bool = False, onset_trim: bool = False, name: str | None = None,
+               on_warning=None, max_seconds: float = MAX_DECODE_SECONDS, tmpdir: str | None = None) -> np.ndarray:
     """Any common audio file -> float32 mono, 16 kHz, exactly 4 s, in [-1, 1].
 
-    Documented conversions: stereo/multichannel is averaged to mono; other sample rates are resampled
-    to 16 kHz (soxr, high quality); shorter notes are zero padded and longer ones trimmed to 4 s (with
-    ``onset_trim`` the leading silence is skipped first, so a long recording is classified from its onset).
+    ``source`` is a path or a binary file object (e.g. ``io.BytesIO`` of an upload; ``name`` is then used in
+    messages). Documented conversions: stereo/multichannel is averaged to mono; other sample rates are
+    resampled to 16 kHz (soxr, high quality); shorter notes are zero padded and longer ones trimmed to 4 s
+    (with ``onset_trim`` the leading silence is skipped first, so a long recording is classified from its
+    onset). Only the first ``max_seconds`` are decoded (see :data:`MAX_DECODE_SECONDS`): the onset must lie in
+    them. Headers with more than :data:`MAX_CHANNELS` channels or a rate outside :data:`SAMPLE_RATE_RANGE_HZ`
+    are rejected before decoding. A file that is cut short or damaged part-way is classified from what could be
+    decoded, with a warning: ``on_warning(message)`` when given, else an :class:`AudioWarning`.
+    Formats libsndfile does not know go to audioread (ffmpeg, when installed); a file object is then copied
+    into an unnamed temporary file (in ``tmpdir``) that disappears with the process.
     """
     import soundfile as sf
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: no such file.")
-    if os.path.getsize(path) == 0:
-        raise DataError(f"{path}: the file is empty (0 bytes).")
-    try:
-        audio, rate = sf.read(path, dtype="float32", always_2d=True)
-    except Exception:
-        audio, rate = _read_with_librosa(path, context)
-    if audio.size == 0:
-        raise DataError(f"{path}: the {context} holds no samples.")
-    if audio.shape[0] / rate < min_seconds:
-        raise DataError(f"{path}: the {context} is {audio.shape[0] / rate * 1000:.0f} ms long; at least "
+    is_path = isinstance(source, (str, os.PathLike))
+    label = name or (os.fspath(source) if is_path else str(getattr(source, "name", "") or "upload"))
+    warn = on_warning or (lambda msg: warnings.warn(msg, AudioWarning, stacklevel=3))
+    if is_path:
+        path = os.fspath(source)
+        if os.path.isdir(path):
+            raise DataError(f"{label}: is a folder, not an audio file. Pass the recordings in it as files, e.g. "
+                            f"`{os.path.join(path, '*.wav')}` (the shell expands the pattern).")
+        if not os.path.isfile(path):
+            raise DataError(f"{label}: no such file.")
+        size = os.path.getsize(path)
+    else:
+        start = source.tell()
+        size = source.seek(0, os.SEEK_END) - start
+        source.seek(start)
+    if size == 0:
+        raise DataError(f"{label}: the file is empty (0 bytes).")
+    with contextlib.ExitStack() as stack:
+        try:
+            snd = stack.enter_context(sf.SoundFile(source))
+        except Exception:  # noqa: BLE001 - not a format libsndfile knows: try audioread
+            if not is_path:
+                source.seek(start)
+            rate, channels, total, blocks = _audioread_blocks(source, label, stack, tmpdir)
+        else:
+            rate, channels, total, blocks = snd.samplerate, snd.channels, snd.frames, _soundfile_blocks(snd)
+            _warn_if_cut_short(snd, label, context, warn)
+        _check_header(rate, channels, label)
+        mono, frames = _decode_mono(blocks, rate, channels, int(np.ceil(max_seconds * rate)), label, context,
+                                    total, warn)
+    if frames == 0:
+        raise DataError(f"{label}: the {context} holds no samples.")
+    if frames / rate < min_seconds:
+        raise DataError(f"{label}: the {context} is {frames / rate * 1000:.0f} ms long; at least "
                         f"{min_seconds * 1000:.0f} ms of sound is needed (NSynth notes are 4 s).")
-    mono = audio.mean(axis=1) if audio.ndim == 2 else audio
-    if rate != AUDIO.sample_rate_hz:
-        import soxr
-        mono = soxr.resample(mono, rate, AUDIO.sample_rate_hz, quality="HQ").astype(np.float32)
     if not np.all(np.isfinite(mono)):
-        raise DataError(f"{path}: the {context} contains NaN/inf samples; it is damaged.")
+        raise DataError(f"{label}: the {context} contains NaN/inf samples; it is damaged.")
     peak = float(np.max(np.abs(mono))) if mono.size else 0.0
     if reject_silent and peak < SILENCE_PEAK:
-        raise DataError(f"{path}: the {context} is silent (peak {peak:.1e}); there is no note to classify.")
+        part = f" in its first {max_seconds:g} s (all that is read)" if total and total > frames else ""
+        raise DataError(f"{label}: the {context} is silent{part} (peak {peak:.1e}); there is no note to "
+                        "classify.")
     if onset_trim and peak >= SILENCE_PEAK:
-        start = int(np.argmax(np.abs(mono) >= 0.01 * peak))
-        mono = mono[max(0, start - AUDIO.sample_rate_hz // 100):]
+        onset = int(np.argmax(np.abs(mono) >= 0.01 * peak))
+        mono = mono[max(0, onset - AUDIO.sample_rate_hz // 100):]
     if peak > 1.0:
         mono = mono / peak
     return fit_length(mono)
 
 
-def _read_with_librosa(path: str, context: str):
-    """Fallback decoder (audioread/ffmpeg) for formats libsndfile does not know."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+def _check_header(rate, channels: int, label: str) -> None:
+    lo, hi = SAMPLE_RATE_RANGE_HZ
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise DataError(f"{label}: the header says {channels} channels; 1 to {MAX_CHANNELS} are accepted. The file "
+                        "is damaged or not a recording: export the note as mono or stereo wav/flac.")
+    if not lo <= rate <= hi:
+        raise DataError(f"{label}: the header says {rate:,} samples/s; {lo:,} to {hi:,} Hz are accepted. The file "
+                        "is damaged, or export it at a common rate (16, 44.1 or 48 kHz).")
+
+
+def _soundfile_blocks(snd) -> Iterator[np.ndarray]:
+    """(frames, channels) float32 blocks of an open ``soundfile.SoundFile`` (one reused buffer)."""
+    per = max(1024, min(DECODE_BLOCK_FRAMES, DECODE_BLOCK_BYTES // (4 * snd.channels)))
+    buf = np.empty((per, snd.channels), np.float32)
+    while True:
+        block = snd.read(frames=per, dtype="float32", always_2d=True, out=buf)
+        if len(block):
+            yield block
+        if len(block) < per:
+            return
+
+
+def _warn_if_cut_short(snd, label: str, context: str, warn) -> None:
+    """WAV whose header announces more audio than the file holds (libsndfile reads what is there)."""
+    m = re.search(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", snd.extra_info or "", re.M)
+    if m and int(m.group(2)) < int(m.group(1)) and snd.frames:
+        have = snd.frames / snd.samplerate
+        said = have * int(m.group(1)) / max(1, int(m.group(2)))
+        warn(f"{label}: the {context} is cut short: its header announces {said:.2f} s of audio but the file "
+             f"holds {have:.2f} s (an interrupted download or copy?); classified what is there.")
+
+
+def _decode_mono(blocks, rate, channels, max_frames, label, context, total, warn) -> tuple[np.ndarray, int]:
+    """At most ``max_frames`` of ``blocks`` as 16 kHz mono float32 (each block averaged and resampled as read),
+    and the number of source frames read. A read error after some audio is a warning; before any, an error."""
+    resampler = None
+    if rate != AUDIO.sample_rate_hz:
+        import soxr
+        resampler = soxr.ResampleStream(rate, AUDIO.sample_rate_hz, 1, dtype="float32", quality="HQ")
+    parts, frames, it = [], 0, iter(blocks)
+    while frames < max_frames:
         try:
-            import librosa
-            audio, rate = librosa.load(path, sr=None, mono=False)
-        except Exception as err:
-            raise DataError(f"{path}: not a readable audio file ({type(err).__name__}). Use wav, flac, "
-                            "ogg or mp3.") from None
-    audio = np.atleast_2d(audio).T.astype(np.float32)  # (frames, channels)
-    return audio, int(rate)
+            block = next(it)
+        except StopIteration:
+            break
+        except DataError:
+            raise
+        except Exception as err:  # noqa: BLE001 - decoder errors are the file's fault
+            if frames == 0:
+                raise DataError(f"{label}: not a readable audio file ({type(err).__name__}: {str(err)[:120]}). "
+                                "Use wav, flac, ogg or mp3.") from None
+            said = f" of the {total / rate:.2f} s its header announces" if total else ""
+            warn(f"{label}: the {context} is damaged or cut short after {frames / rate:.2f} s{said} "
+                 f"({str(err)[:120]}); classified what could be decoded.")
+            break
+        block = block[:max_frames - frames]
+        frames += len(block)
+        mono = block[:, 0].copy() if channels == 1 else block.mean(axis=1)
+        parts.append(resampler.resample_chunk(mono) if resampler is not None else mono)
+    if resampler is not None:
+        parts.append(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
+    return (np.concatenate(parts).astype(np.float32, copy=False) if parts else np.zeros(0, np.float32)), frames
+
+
+def _audioread_blocks(source, label: str, stack: contextlib.ExitStack, tmpdir: str | None):
+    """Fallback decoder (audioread: ffmpeg, gstreamer, ... when installed) for formats libsndfile does not know:
+    ``(rate, channels, frames or None, blocks)``. A file object is copied into an unnamed temporary file (removed
+    by the OS even if this process dies) that the decoder opens through /proc."""
+    unreadable = DataError(f"{label}: not a readable audio file. Use wav, flac, ogg or mp3.")
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+    else:
+        tmp = stack.enter_context(tempfile.TemporaryFile(prefix="nsynth-audio-", dir=tmpdir))
+        shutil.copyfileobj(source, tmp)
+        tmp.flush()
+        path = f"/proc/{os.getpid()}/fd/{tmp.fileno()}"
+        if not os.path.exists(path):
+            raise unreadable
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import audioread
+            f = stack.enter_context(audioread.audio_open(path))
+        rate, channels, seconds = int(f.samplerate), int(f.channels), f.duration
+    except Exception as err:  # noqa: BLE001 - no backend / unknown format
+        raise DataError(f"{label}: not a readable audio file ({type(err).__name__}). Use wav, flac, ogg or "
+                        "mp3.") from None
+    _check_header(rate, channels, label)
+
+    def blocks():
+        for buf in f:   # 16-bit little-endian interleaved PCM
+            yield (np.frombuffer(buf, "<i2").astype(np.float32) / 32768.0).reshape(-1, channels)
+
+    return rate, channels, int(seconds * rate) if seconds else None, blocks()
 
 
 def family_name(label: int) -> str:

@@ -55,8 +55,33 @@ def predict_source(model, path, batch_size: int = 64, keep_audio: bool = False,
                        meta, np.concatenate(audio) if keep_audio else None)
 
 
-def metrics(labels: np.ndarray, probs: np.ndarray) -> dict:
-    """Accuracy, per-class accuracy (None for a class with no notes), confusion matrix (rows = truth)."""
+# Notes of the official data that are known to be wrong: instrument_str -> (issue, what is wrong).
+KNOWN_DEFECTS = {
+    "brass_acoustic_046": ("magenta/magenta#2092", "its 71 test notes are pure noise"),
+}
+
+
+def known_defects(meta: dict) -> tuple[np.ndarray, list[str]]:
+    """``(mask, reasons)``: which notes belong to an instrument of :data:`KNOWN_DEFECTS`, and why."""
+    inst = np.asarray([s.decode() if isinstance(s, bytes) else str(s) for s in meta["instrument_str"]])
+    mask = np.isin(inst, list(KNOWN_DEFECTS))
+    reasons = [f"{name}: {why} ({issue})" for name, (issue, why) in KNOWN_DEFECTS.items() if name in set(inst)]
+    return mask, reasons
+
+
+def without_known_defects(labels: np.ndarray, probs: np.ndarray, meta: dict) -> dict | None:
+    """Accuracy once the :data:`KNOWN_DEFECTS` notes are left out (None when the data holds none of them)."""
+    mask, reasons = known_defects(meta)
+    if not mask.any():
+        return None
+    keep = ~mask
+    return {"excluded_notes": int(mask.sum()), "reasons": reasons, "notes": int(keep.sum()),
+            "accuracy": float((probs[keep].argmax(axis=1) == labels[keep]).mean()) if keep.any() else None}
+
+
+def metrics(labels: np.ndarray, probs: np.ndarray, meta: dict | None = None) -> dict:
+    """Accuracy, per-class accuracy (None for a class with no notes), confusion matrix (rows = truth); with
+    ``meta``, also the accuracy without the :data:`KNOWN_DEFECTS` notes when there are any."""
     from sklearn.metrics import confusion_matrix
     pred = probs.argmax(axis=1)
     cm = confusion_matrix(labels, pred, labels=list(range(NUM_CLASSES)))
@@ -68,7 +93,9 @@ def metrics(labels: np.ndarray, probs: np.ndarray) -> dict:
             "accuracy_ci95": accuracy_interval(correct, int(len(labels))),
             "balanced_accuracy": float(np.mean(np.diag(cm)[present] / support[present])),
             "per_class_accuracy": per_class, "support": dict(zip(FAMILIES, support.tolist())),
-            "confusion_matrix": cm.tolist(), "classes": list(FAMILIES)}
+            "confusion_matrix": cm.tolist(), "classes": list(FAMILIES),
+            **({"without_known_defects": clean} if meta is not None and (clean := without_known_defects(
+                labels, probs, meta)) is not None else {})}
 
 
 def accuracy_interval(correct: int, notes: int, confidence: float = 0.95) -> list[float]:
@@ -94,7 +121,7 @@ def evaluate(name: str, path, weights_dir: str = "weights", batch_size: int = 64
              compare_dir: str | None = None) -> dict:
     model = load_trained(name, weights_dir)
     pred = predict_source(model, path, batch_size)
-    res = {"model": name, "data": str(path), **metrics(pred.labels, pred.probs)}
+    res = {"model": name, "data": str(path), **metrics(pred.labels, pred.probs, pred.meta)}
     if compare_dir:
         other = predict_source(load_trained(name, compare_dir), path, batch_size)
         order = {n: i for i, n in enumerate(other.meta["note_str"])}      # pair the notes by name, not by position
@@ -113,7 +140,13 @@ def add_parser(sub):
     ap.add_argument("--data", required=True, help="TFRecord file, glob of them, or JSON+wav folder")
     ap.add_argument("--weights", default="weights", help="folder holding <model>_cnn.keras")
     ap.add_argument("--out", default=None, help="JSON file (default: evaluation_<model>.json)")
-    ap.add_argument("--batch-size", type=int, default=64)
+    def positive_int(text: str) -> int:
+        import argparse
+        if not text.strip().isdigit() or int(text) < 1:
+            raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of 1 or more")
+        return int(text)
+
+    ap.add_argument("--batch-size", type=positive_int, default=64, help="notes per batch (default: 64)")
     ap.add_argument("--compare", default=None, metavar="DIR",
                     help="also run DIR/<model>_cnn.keras on the same notes: paired count and exact McNemar p")
     ap.set_defaults(func=_main)
@@ -121,6 +154,19 @@ def add_parser(sub):
 
 def _main(args):
     names = ("waveform", "logmel") if args.model == "both" else (args.model,)
+    # Check where the results go before evaluating (not after, when the work would be lost): create the folder.
+    out = args.out or f"evaluation_{args.model}.json"
+    folder = os.path.dirname(os.path.abspath(out))
+    if os.path.isdir(out):
+        raise data.DataError(f"--out {out!r} is a folder; give a file name, e.g. "
+                             f"{os.path.join(out, 'evaluation.json')}.")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        raise data.DataError(f"--out {out!r}: cannot create its folder {folder} ({err.strerror or err}); choose "
+                             "another --out.") from None
+    if not os.access(folder, os.W_OK) or (os.path.exists(out) and not os.access(out, os.W_OK)):
+        raise data.DataError(f"--out {out!r}: cannot write there ({folder} is not writable); choose another --out.")
     results = {}
     for name in names:
         res = evaluate(name, args.data, args.weights, args.batch_size, args.compare)
@@ -135,7 +181,6 @@ def _main(args):
             print(f"  paired with {pr['weights']} (accuracy {pr['accuracy']:.4f}): {pr['right_only_here']} notes "
                   f"right only in {args.weights}, {pr['right_only_there']} only in {pr['weights']} "
                   f"(exact McNemar p = {pr['mcnemar_exact_p']:.2g})")
-    out = args.out or f"evaluation_{args.model}.json"
     with open(out, "w") as fh:
         json.dump(results if len(results) > 1 else results[names[0]], fh, indent=1)
     print(f"wrote {out}")

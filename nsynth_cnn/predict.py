@@ -2,10 +2,13 @@
 
 Any common format (wav, flac, ogg, mp3), any sample rate, mono or stereo: the file is mixed to mono,
 resampled to 16 kHz, and the 4 s from the first onset (leading silence skipped) are classified,
-zero padded when shorter.
+zero padded when shorter. Only the first 30 s of a file are decoded (``data.MAX_DECODE_SECONDS``): the onset must
+lie in them. A file that is cut short is classified from what it holds, with a ``warning:`` line on stderr (with
+``--json``, a ``"warning"`` field).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
@@ -32,9 +35,21 @@ def add_parser(sub):
     ap.add_argument("files", nargs="+", metavar="FILE")
     ap.add_argument("--model", default="both", choices=("waveform", "logmel", "both"))
     ap.add_argument("--weights", default="weights")
-    ap.add_argument("--top", type=int, default=3)
+    ap.add_argument("--top", type=_top_count, default=3, metavar=f"1..{len(FAMILIES)}",
+                    help="families listed per model (default: 3)")
     ap.add_argument("--json", action="store_true", help="machine-readable output")
     ap.set_defaults(func=_main)
+
+
+def _top_count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= len(FAMILIES):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number from 1 to {len(FAMILIES)} (there are "
+                                         f"{len(FAMILIES)} families)")
+    return n
 
 
 def _main(args):
@@ -42,17 +57,20 @@ def _main(args):
     models = {n: load_trained(n, args.weights) for n in names}
     results, failed = [], 0
     for path in args.files:
+        notes: list[str] = []
         try:
-            audio = data.load_audio(path, reject_silent=True, onset_trim=True)
+            audio = data.load_audio(path, reject_silent=True, onset_trim=True, on_warning=notes.append)
         except data.DataError as err:
             failed += 1
             results.append({"file": path, "error": str(err)})
             if not args.json:
                 print(f"error: {err}", file=sys.stderr)
             continue
-        res = {"file": path, **classify(models, audio, args.top)}
+        res = {"file": path, **({"warning": " ".join(notes)} if notes else {}), **classify(models, audio, args.top)}
         results.append(res)
         if not args.json:
+            for note in notes:
+                print(f"warning: {note}", file=sys.stderr)
             print(path)
             for n in names:
                 print(f"  {n:9s} " + "  ".join(f"{t['family']} {t['probability']:.2f}" for t in res[n]["top"]))

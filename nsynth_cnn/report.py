@@ -8,8 +8,9 @@ import glob
 import os
 
 from . import data
+from .evaluate import known_defects
+from .params import FAMILIES, RECIPE, TrainParams
 from .weights import load_history
-from .params import FAMILIES
 
 SAMPLE_DIR = os.path.join("data", "nsynth-sample")
 """NSynth-format sample shipped in the repository (JSON+wav layout), used when no NSynth split is found."""
@@ -18,21 +19,25 @@ SAMPLE_DIR = os.path.join("data", "nsynth-sample")
 def find_split(data_dir: str | os.PathLike, split: str) -> str | None:
     """The NSynth ``split`` (train/valid/test) inside ``data_dir``, or None.
 
-    Looks for, in order: ``nsynth-<split>.tfrecord`` (also ``.gz`` or sharded ``nsynth-<split>-*``),
-    the official JSON+wav folder ``nsynth-<split>/`` (examples.json + audio/), and this project's corpus layout
-    ``<split>/`` (TFRecord shards or ``<split>/jsonwav``). ``data_dir`` may also *be* a TFRecord file or a
-    JSON+wav folder; it is then used as the test split.
+    Looks for, in order: ``nsynth-<split>.tfrecord`` (also ``.gz``), sharded TFRecords
+    (``nsynth-<split>.tfrecord-00000-of-00016``, ``nsynth-<split>-*.tfrecord*``; returned as a glob), the official
+    JSON+wav folder ``nsynth-<split>/`` (examples.json + audio/), this project's corpus layout ``<split>/``
+    (TFRecord shards or ``<split>/jsonwav``), and NSynth as TensorFlow Datasets prepares it
+    (``nsynth/full/<version>/nsynth-<split>.tfrecord-*``, newest version; ``data_dir`` may be the TFDS data dir,
+    ``.../nsynth`` or ``.../nsynth/full``). ``data_dir`` may also *be* a TFRecord file or a JSON+wav folder; it
+    is then used as the test split.
     """
     data_dir = os.fspath(data_dir)
     if not os.path.exists(data_dir):
         return None
     if os.path.isfile(data_dir) or os.path.isfile(os.path.join(data_dir, "examples.json")):
         return data_dir if split == "test" else None
-    for pattern in (f"nsynth-{split}.tfrecord", f"nsynth-{split}.tfrecord.gz"):
-        if os.path.isfile(os.path.join(data_dir, pattern)):
+    for name in (f"nsynth-{split}.tfrecord", f"nsynth-{split}.tfrecord.gz"):
+        if os.path.isfile(os.path.join(data_dir, name)):
+            return os.path.join(data_dir, name)
+    for pattern in (f"nsynth-{split}.tfrecord-*", f"nsynth-{split}-*.tfrecord*"):
+        if any(os.path.isfile(f) for f in glob.glob(os.path.join(glob.escape(data_dir), pattern))):
             return os.path.join(data_dir, pattern)
-    if sorted(glob.glob(os.path.join(data_dir, f"nsynth-{split}-*.tfrecord*"))):
-        return os.path.join(data_dir, f"nsynth-{split}-*.tfrecord*")
     for folder in (f"nsynth-{split}", split, os.path.join(split, "jsonwav")):
         path = os.path.join(data_dir, folder)
         if os.path.isdir(path):
@@ -41,7 +46,24 @@ def find_split(data_dir: str | os.PathLike, split: str) -> str | None:
             except data.DataError:
                 continue
             return path
+    for version_dir in _tfds_version_dirs(data_dir):
+        name = f"nsynth-{split}.tfrecord-*"
+        if any(os.path.isfile(f) for f in glob.glob(os.path.join(glob.escape(version_dir), name))):
+            return os.path.join(version_dir, name)
     return None
+
+
+def _tfds_version_dirs(data_dir: str) -> list[str]:
+    """``nsynth/full/<version>`` folders of a TFDS data dir (also given as ``.../nsynth`` or ``.../nsynth/full``),
+    newest version first."""
+    def version(path):
+        parts = os.path.basename(path).split(".")
+        return tuple(int(p) for p in parts) if all(p.isdigit() for p in parts) else None
+    found = []
+    for sub in (os.path.join("nsynth", "full"), "full", ""):
+        base = glob.escape(os.path.join(data_dir, sub) if sub else data_dir)
+        found += [d for d in glob.glob(os.path.join(base, "*")) if os.path.isdir(d) and version(d) is not None]
+    return sorted(found, key=version, reverse=True)
 
 
 def evaluation_source(data_dir, sample_dir: str = SAMPLE_DIR) -> tuple[str, str]:
@@ -62,7 +84,8 @@ def training_splits(data_dir) -> tuple[str, str | None]:
     train_path = find_split(data_dir, "train")
     if train_path is None:
         raise data.DataError(f"MODE='train' needs NSynth training data: {data_dir!r} holds no nsynth-train."
-                             "tfrecord, nsynth-train/ folder or train/ split.")
+                             "tfrecord(.gz), nsynth-train.tfrecord-* / nsynth-train-*.tfrecord shards, nsynth-train/ "
+                             "folder, train/ split or TFDS nsynth/full/<version>/.")
     return train_path, find_split(data_dir, "valid")
 
 
@@ -82,11 +105,113 @@ def training_meta_table(histories: dict[str, dict]):
                      "valid_data": meta.get("valid_data", "?"),
                      "started from": meta.get("init_from") or "random weights",
                      "teacher": meta.get("teacher") or "-", "epochs run": len(h.get("epoch", [])),
+                     "families per batch": meta.get("families_per_batch", "not recorded"),
                      "best val accuracy": round(max(va), 4) if va else None,
                      "training wall time (s)": round(sum(h["epoch_seconds"]), 1) if h.get("epoch_seconds")
                      else meta.get("wall_seconds_last_run"),
                      "gpu": meta.get("gpu")})
     return pd.DataFrame(rows).set_index("network") if rows else pd.DataFrame()
+
+
+def recipe_table(recipe=RECIPE, p: TrainParams = TrainParams()):
+    """The training recipe (:data:`nsynth_cnn.params.RECIPE`), one row per stage."""
+    import pandas as pd
+    rows = [{"stage": i + 1, "network": s.model, "epochs": s.epochs,
+             "starts from": f"stage {next(j + 1 for j, t in enumerate(recipe) if t.out == s.init_from)}"
+             if s.init_from else "random weights",
+             "teacher": "the log-mel CNN" if s.teacher else "-",
+             "peak learning rate": p.learning_rate if s.learning_rate is None else s.learning_rate,
+             "warm-up epochs": p.warmup_epochs if s.warmup_epochs is None else s.warmup_epochs,
+             "result": "intermediate" if s.out else f"weights/{s.model}_cnn.keras"} for i, s in enumerate(recipe)]
+    return pd.DataFrame(rows).set_index("stage")
+
+
+YARDSTICKS = {   # weights/evaluation_<key>.json -> what it measured (written by `make weights` and the tools)
+    "corpus_test": "rendered corpus, test split (an unseen SoundFont family)",
+    "real_nsynth": "real NSynth notes (../shared/nsynth-real)",
+    "tonejs": "tonejs-instruments recordings (make evaluate-recordings)",
+    "freepats": "freepats GUS patches (make evaluate-freepats)",
+}
+
+
+def shipped_evaluations(weights_dir: str = "weights") -> dict[str, dict]:
+    """``{yardstick: {network: evaluation}}`` from the ``evaluation_*.json`` files saved beside the weights."""
+    import json
+    found = {}
+    for key in YARDSTICKS:
+        path = os.path.join(weights_dir, f"evaluation_{key}.json")
+        if os.path.isfile(path):
+            with open(path) as fh:
+                found[key] = json.load(fh)
+    return found
+
+
+def yardsticks_table(weights_dir: str = "weights"):
+    """Accuracy (notes, 95% interval) of each saved network on each yardstick it was measured on."""
+    import pandas as pd
+    rows = []
+    for key, by_net in shipped_evaluations(weights_dir).items():
+        row = {"evaluated on": YARDSTICKS[key]}
+        for name, res in by_net.items():
+            lo, hi = res["accuracy_ci95"]
+            row["notes"] = res["notes"]
+            row[f"{name} CNN"] = f"{res['accuracy']:.3f} ({lo:.2f}-{hi:.2f})"
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("evaluated on") if rows else pd.DataFrame()
+
+
+def accuracy_at(weights_dir: str, yardstick: str, name: str) -> float | None:
+    """One saved accuracy (for sentences of the report); None when it was not measured."""
+    res = shipped_evaluations(weights_dir).get(yardstick, {}).get(name)
+    return None if res is None else res["accuracy"]
+
+
+PITCH_RANGES = ((0, 20, "below 21 (outside NSynth's range)"), (21, 47, "21-47 (A0-B2)"), (48, 71, "48-71 (C3-B4)"),
+                (72, 95, "72-95 (C5-B6)"), (96, 108, "96-108 (C7-C8)"), (109, 127, "above 108 (outside)"))
+
+
+def accuracy_by(probs: dict, labels, meta, by: str):
+    """Accuracy of each network per instrument source (``by="source"``: acoustic / electronic / synthetic) or
+    per MIDI pitch range (``by="pitch"``), with the number of notes in each group."""
+    import numpy as np
+    import pandas as pd
+    labels = np.asarray(labels)
+    if by == "source":
+        groups = [(src, np.asarray(meta["instrument_source_str"]) == src)
+                  for src in ("acoustic", "electronic", "synthetic")]
+    elif by == "pitch":
+        pitch = np.asarray(meta["pitch"])
+        groups = [(name, (pitch >= lo) & (pitch <= hi)) for lo, hi, name in PITCH_RANGES]
+    else:
+        raise ValueError(f"by must be 'source' or 'pitch', not {by!r}")
+    rows = []
+    for group, mask in groups:
+        if not mask.any():
+            continue
+        row = {by: group, "notes": int(mask.sum())}
+        row.update({f"{n} CNN": float((p[mask].argmax(axis=1) == labels[mask]).mean()) for n, p in probs.items()})
+        rows.append(row)
+    return pd.DataFrame(rows).set_index(by).round(3)
+
+
+def known_defects_note(meta) -> str:
+    """A sentence on the evaluation notes that :func:`nsynth_cnn.evaluate.known_defects` flags (empty if none)."""
+    mask, reasons = known_defects(meta)
+    if not mask.any():
+        return ""
+    return (f"{int(mask.sum())} of these notes are known defects of NSynth ({'; '.join(reasons)}); the table "
+            "below gives each network's accuracy with and without them.")
+
+
+def numbers_paragraph(weights_dir: str, results: dict[str, dict], source: str) -> str:
+    """The Discussion's numbers, as Markdown: this run's accuracy and the saved yardsticks (nothing typed in)."""
+    fmt = lambda r: f"{r['accuracy']:.3f} (95% interval {r['accuracy_ci95'][0]:.2f}-{r['accuracy_ci95'][1]:.2f})"  # noqa: E731
+    here = "; ".join(f"{name} CNN {fmt(r)}" for name, r in results.items())
+    lines = [f"**The numbers.** On {source} ({next(iter(results.values()))['notes']} notes): {here}."]
+    for key, by_net in shipped_evaluations(weights_dir).items():
+        lines.append(f"On the {YARDSTICKS[key]}, {by_net[next(iter(by_net))]['notes']} notes: "
+                     + "; ".join(f"{name} CNN {fmt(r)}" for name, r in by_net.items()) + ".")
+    return " ".join(lines)
 
 
 def results_table(results: dict[str, dict]):
@@ -97,6 +222,8 @@ def results_table(results: dict[str, dict]):
         lo, hi = res["accuracy_ci95"]
         row = {"notes": res["notes"], "accuracy": res["accuracy"], "95% interval": f"{lo:.2f}-{hi:.2f}",
                "balanced accuracy": res["balanced_accuracy"]}
+        if res.get("without_known_defects"):
+            row["accuracy without known defects"] = res["without_known_defects"]["accuracy"]
         row.update({f: res["per_class_accuracy"][f] for f in FAMILIES})
         rows[name] = row
     return pd.DataFrame.from_dict(rows, orient="index").round(3)

@@ -111,9 +111,10 @@ def subprocess_env(**extra) -> dict:
     return env
 
 
-def run_cli(*args, cwd=ROOT, timeout=1800, env=None) -> subprocess.CompletedProcess:
-    """``python -m nsynth_cnn ARGS`` in a subprocess (fresh interpreter, as a user would run it)."""
-    return subprocess.run([sys.executable, "-m", "nsynth_cnn", *map(str, args)], cwd=cwd,
+def run_cli(*args, cwd=ROOT, timeout=1800, env=None, module="nsynth_cnn") -> subprocess.CompletedProcess:
+    """``python -m nsynth_cnn ARGS`` (or another ``module``, e.g. ``nsynth_cnn.tools``) in a subprocess (fresh
+    interpreter, as a user would run it)."""
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=cwd,
                           env=env or subprocess_env(), capture_output=True, text=True, timeout=timeout)
 
 

@@ -1,11 +1,11 @@
-"""bench: a smoke run with a handful of notes (the numbers themselves are for `python -m nsynth_cnn bench`)."""
+"""bench: a smoke run with a handful of notes (the numbers themselves are for `python -m nsynth_cnn.tools bench`)."""
 from __future__ import annotations
 
 import json
 import sys
 
 from conftest import ROOT, subprocess_env
-from nsynth_cnn import bench
+from nsynth_cnn.tools import bench
 
 
 def test_bench_smoke_pipeline_and_shuffle(tmp_path):
@@ -28,7 +28,7 @@ def test_bench_train_backend_agnostic_imports_no_tensorflow():
     """--only train --backend-agnostic under JAX with TensorFlow made unimportable (as on the GPU box)."""
     import subprocess
     code = ("import sys; sys.modules['tensorflow'] = None\n"
-            "from nsynth_cnn import bench\n"
+            "from nsynth_cnn.tools import bench\n"
             "sys.exit(bench.main(['--only', 'train', '--backend-agnostic', '--networks', 'waveform',\n"
             "                     '--train-batch-size', '2', '--train-steps', '1', '--warmup-steps', '1']))")
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=subprocess_env(KERAS_BACKEND="jax"),

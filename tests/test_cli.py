@@ -35,8 +35,7 @@ def trained(workdir):
     out = workdir / "weights"
     proc = run_cli("train", "--model", "logmel", "--train", workdir / "train.tfrecord", "--valid",
                    workdir / "valid", "--out", out, "--epochs", 2, "--steps-per-epoch", 2, "--batch-size", 4,
-                   "--shuffle-buffer", 32, "--xla", "off", "--mixup", 0.4, "--freq-mixstyle", 0.5,
-                   "--early-release", 0.3, "--mel-bins", 48, "--watch", workdir / "valid",
+                   "--shuffle-buffer", 32, "--xla", "off", "--watch", workdir / "valid",
                    timeout=1800)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return out, proc
@@ -58,17 +57,12 @@ def test_train_writes_model_and_history(trained):
     # each epoch's wall time, so a resumed run's total is still the sum; it covers at least the watch pass
     assert len(hist["epoch_seconds"]) == 2 and all(s > 0 for s in hist["epoch_seconds"])
     assert sum(hist["epoch_seconds"]) <= hist["meta"]["wall_seconds_last_run"] + 1.0
-    # --early-release reaches the augmentation the network trains with, and the saved model records it
-    assert hist["meta"]["augment"]["early_release_probability"] == pytest.approx(0.3)
-    import nsynth_cnn  # noqa: F401  (registers the custom layers)
-    saved = keras.models.load_model(out / "logmel_cnn.keras", compile=False)
-    assert saved.get_layer("aug_release").early_probability == pytest.approx(0.3)
-    assert saved.get_layer("aug_freq_mixstyle").probability == pytest.approx(0.5)
-    # --mel-bins reaches the saved network's front end and its history
-    assert saved.get_layer("log_mel").num_mel_bins == 48 and hist["meta"]["logmel"]["num_mel_bins"] == 48
+    # the recipe's log-mel stage, with the command line's batch size, and the mixing diagnostic
+    from nsynth_cnn.params import RECIPE
     assert hist["meta"]["model"] == "logmel" and hist["meta"]["params"]["batch_size"] == 4
-    assert hist["meta"]["params"]["mixup_alpha"] == 0.4
-    assert hist["meta"]["augment"]["freq_mixstyle_probability"] == 0.5
+    assert hist["meta"]["stage"]["model"] == "logmel" and hist["meta"]["stage"]["epochs"] == RECIPE[0].epochs
+    assert 1.0 <= hist["meta"]["families_per_batch"] <= 4.0          # batches of 4 notes
+    assert sum(hist["meta"]["train_notes_per_family"].values()) == 20  # 22 notes, 2 of them synth_lead
     assert not list(out.glob(".logmel_cnn*")), "checkpoint/backup leftovers after a finished run"
     model = keras.models.load_model(out / "logmel_cnn.keras")
     assert tuple(model.input_shape) == (None, N) and tuple(model.output_shape) == (None, 10)
@@ -222,31 +216,31 @@ def test_evaluate_compare_pairs_two_weight_folders_on_the_same_notes(trained, wo
     assert rc == 2 and "logmel_cnn.keras not found" in err
 
 
-def test_train_with_a_teacher_distils_and_records_it(trained, workdir, tmp_path, capsys):
-    """``train --teacher DIR``: the waveform CNN learns from the trained log-mel CNN's soft targets."""
+def test_train_waveform_runs_both_recipe_stages_with_the_teacher(trained, workdir, tmp_path, capsys):
+    """``train --model waveform --teacher DIR``: the recipe's waveform stages, the second distilled from the trained
+    log-mel CNN; the intermediate network is gone afterwards; a re-run keeps the finished network."""
     out, _ = trained
     args = ["train", "--model", "waveform", "--train", str(workdir / "train.tfrecord"), "--out", str(tmp_path / "w"),
             "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "2", "--xla", "off"]
-    rc = main(args + ["--teacher", str(out), "--distill-weight", "0.7", "--waveform-rate", "12000"])
+    rc = main(args + ["--teacher", str(out)])
     assert rc == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
     hist = json.loads((tmp_path / "w" / "waveform_cnn_history.json").read_text())
-    assert hist["meta"]["teacher"] == str(out) and hist["meta"]["params"]["distill_weight"] == 0.7
+    from nsynth_cnn.params import RECIPE, TrainParams
+    assert hist["meta"]["teacher"] == str(out) and hist["meta"]["params"]["distill_weight"] == TrainParams().distill_weight
+    assert hist["meta"]["stage"]["teacher"] and hist["meta"]["params"]["learning_rate"] == RECIPE[2].learning_rate
+    assert hist["meta"]["init_from"].endswith(RECIPE[1].out)
+    assert "starting from .waveform-base" in printed and "distilled from the log-mel CNN" in printed
     assert np.isfinite(hist["loss"][0])
-    # --waveform-rate reaches the saved network: 16 -> 12 kHz is up 3, down 4, and the filterbank keeps 32 ms
-    import keras
-    saved = keras.models.load_model(tmp_path / "w" / "waveform_cnn.keras", compile=False)
-    assert (saved.get_layer("downsample").up, saved.get_layer("downsample").factor) == (3, 4)
-    assert saved.get_layer("filterbank").kernel_size == 384 and saved.get_layer("filterbank").sample_rate == 12_000
-    assert hist["meta"]["waveform"]["target_rate_hz"] == 12_000
-    rc = main(args + ["--init-from", str(tmp_path / "w")])          # a 12 kHz network into an 8 kHz one
-    err = capsys.readouterr().err
-    assert rc == 2 and err.startswith("error:") and "same --waveform-rate" in err
-    with pytest.raises(SystemExit):         # argparse's usage error, not a traceback from inside training
-        main(args + ["--waveform-rate", "11025"])
-    assert "--waveform-rate" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(args + ["--mel-bins", "8"])
-    assert "--mel-bins" in capsys.readouterr().err
-    rc = main(args + ["--teacher", str(tmp_path / "no-teacher")])
+    assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["waveform_cnn.keras", "waveform_cnn_history.csv",
+                                                                   "waveform_cnn_history.json"]
+    before = (tmp_path / "w" / "waveform_cnn.keras").stat().st_mtime_ns
+    assert main(args + ["--teacher", str(out)]) == 0
+    assert "kept (delete it to train again)" in capsys.readouterr().out
+    assert (tmp_path / "w" / "waveform_cnn.keras").stat().st_mtime_ns == before
+    rc = main(args[:5] + ["--out", str(tmp_path / "w2")] + args[7:] + ["--teacher", str(tmp_path / "no-teacher")])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error:") and "logmel_cnn.keras not found" in err
+    with pytest.raises(SystemExit):         # argparse's usage error, not a traceback from inside training
+        main(args + ["--batch-size", "0"])
+    assert "--batch-size" in capsys.readouterr().err

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from conftest import N, run_cli
-from nsynth_cnn import corpus, data
+from nsynth_cnn import data
+from nsynth_cnn.tools import corpus
 from nsynth_cnn.params import FAMILIES, NSYNTH_FAMILY_NAMES, NSYNTH_SOURCE_NAMES
 
 SF2 = "/usr/share/sounds/sf2/TimGM6mb.sf2"
@@ -26,10 +27,9 @@ needs_renderer = pytest.mark.skipif(
 
 
 def render(out, seed=0, layouts="tfrecord,jsonwav"):
-    proc = run_cli("corpus", "--out", out, "--soundfonts", SF2, "--samples", "--stk-instruments", 0,
-                   "--limit-instruments", 12,
+    proc = run_cli("corpus", "--out", out, "--soundfonts", SF2, "--samples", "--limit-instruments", 12,
                    "--notes-per-instrument", 2, "--workers", 1, "--seed", seed, "--layouts", layouts,
-                   timeout=1800)
+                   timeout=1800, module="nsynth_cnn.tools")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -231,32 +231,6 @@ def test_variation_renders_another_sound(monkeypatch):
     assert corpus.render_soundfont(dataclasses.replace(muted, bank=99), p) == []
 
 
-def test_recording_rooms_add_reverberant_copies_in_the_same_split(tmp_path):
-    """``recording_rooms=3`` appends two more copies of every recording folder after all other instruments
-    (a corpus without them keeps its instrument order); each copy shares the folder's split but renders its
-    own random room, so its notes differ from the dry original's."""
-    import soundfile as sf
-    folder = tmp_path / "phil" / "oboe"
-    folder.mkdir(parents=True)
-    t = np.arange(2 * 16000) / 16000
-    for name, f0 in (("oboe_A4_long_forte_normal", 440.0), ("oboe_C5_long_piano_normal", 523.25)):
-        sf.write(folder / f"{name}.wav", 0.5 * np.sign(np.sin(2 * np.pi * f0 * t)) * np.exp(-t), 16000)
-    once = corpus.discover([], [str(tmp_path / "phil")], synth_instruments=2)
-    thrice = corpus.discover([], [str(tmp_path / "phil")], synth_instruments=2, recording_rooms=3)
-    assert thrice[:len(once)] == once and len(thrice) == len(once) + 2
-    copies = thrice[len(once):]
-    assert [c.room for c in copies] == [1, 2] and all(c.kind == "recording" for c in copies)
-    p = corpus.CorpusParams(reverb_probability=0.0)
-    assert {corpus.split_of(c, p) for c in copies} == {corpus.split_of(once[0], p)}
-    dry = dict((n[:2], n[2]) for n in corpus.render_recordings(once[0], p))
-    for c in copies:
-        wet = dict((n[:2], n[2]) for n in corpus.render_recordings(c, p))
-        assert set(wet) == set(dry) == {(69, 100), (72, 50)}
-        for k in dry:
-            assert np.max(np.abs(wet[k])) == pytest.approx(p.peak, abs=1e-4)
-            assert np.sum(wet[k][-800:] ** 2) > 10 * np.sum(dry[k][-800:] ** 2)   # a room rings on
-    a, b = (corpus.render_recordings(c, p)[0][2] for c in copies)
-    assert not np.allclose(a, b)                                       # each copy has its own room
 
 
 def test_tonejs_layout_is_read_with_its_family_and_set(tmp_path):

@@ -3,7 +3,8 @@ timidity + freepats installed) real renders."""
 import numpy as np
 import pytest
 
-from nsynth_cnn import corpus, gus
+from nsynth_cnn.tools import corpus
+from nsynth_cnn.tools.corpus import gus
 from nsynth_cnn.params import AUDIO
 
 needs_gus = pytest.mark.skipif(not gus.available(),
@@ -33,7 +34,7 @@ def test_note_midi_holds_the_note_three_seconds_then_leaves_one_for_the_release(
     assert events == [("program_change", 0.0, 71), ("note_on", 0.0, 62), ("note_off", AUDIO.held_seconds, 62)]
 
 
-def test_freepats_instruments_come_after_stk_or_are_left_out_with_a_warning(monkeypatch):
+def test_freepats_instruments_come_after_the_others_or_are_left_out_with_a_warning(monkeypatch):
     plain = corpus.discover([], [], synth_instruments=3)
     monkeypatch.setattr(gus, "available", lambda cfg=gus.FREEPATS_CFG: True)
     monkeypatch.setattr(gus, "programs", lambda cfg=gus.FREEPATS_CFG: {71: "a.pat", 0: "b.pat", 120: "c.pat"})

@@ -96,7 +96,7 @@ def saved_models(assets):
 def server(assets):
     from werkzeug.serving import make_server
 
-    from nsynth_cnn.serve import create_app
+    from nsynth_cnn.tools.serve import create_app
     app = create_app(weights_dir=str(assets["weights"]), sample_dir=str(assets["sample"]),
                      upload_tmpdir=str(assets["uploads"]))
     srv = make_server("127.0.0.1", 0, app, threaded=True)
@@ -135,7 +135,7 @@ def page(browser):
 @pytest.fixture
 def upload_log(monkeypatch, assets):
     """Paths of the temp files the app creates for uploads (they must be in UPLOAD_TMPDIR and gone after)."""
-    from nsynth_cnn import serve
+    from nsynth_cnn.tools import serve
     made = []
     real = serve.tempfile.mkstemp
 
@@ -331,7 +331,7 @@ def test_no_file_chosen_and_unknown_note(server):
 def test_missing_weights_and_sample_are_explained(tmp_path, assets):
     """No weights and no sample folder: the page says which file is missing and how to make it; uploads
     still show the waveform and log-mel image."""
-    from nsynth_cnn.serve import create_app
+    from nsynth_cnn.tools.serve import create_app
     empty = tmp_path / "no-weights"
     empty.mkdir()
     app = create_app(weights_dir=str(empty), sample_dir=str(tmp_path / "no-sample"))
@@ -351,7 +351,7 @@ def test_missing_weights_and_sample_are_explained(tmp_path, assets):
 
 def test_weights_appearing_later_are_picked_up(tmp_path, assets):
     """The page runs while a model trains: a weights file written later is loaded without a restart."""
-    from nsynth_cnn.serve import create_app
+    from nsynth_cnn.tools.serve import create_app
     weights = tmp_path / "w"
     weights.mkdir()
     client = create_app(weights_dir=str(weights), sample_dir=str(assets["sample"])).test_client()
@@ -364,7 +364,7 @@ def test_weights_appearing_later_are_picked_up(tmp_path, assets):
 def test_cli_flags():
     import argparse
 
-    from nsynth_cnn import serve
+    from nsynth_cnn.tools import serve
     ap = argparse.ArgumentParser()
     serve.add_parser(ap.add_subparsers(dest="command"))
     args = ap.parse_args(["serve"])
@@ -376,7 +376,8 @@ def test_cli_flags():
 
 def test_log_mel_image_comes_from_the_models_own_layer():
     """A model with non-default log-mel settings: the page's image has *its* shape and values."""
-    from nsynth_cnn import features, models, serve
+    from nsynth_cnn import features, models
+    from nsynth_cnn.tools import serve
     from nsynth_cnn.params import LogMelParams
     model = models.build_model("logmel", p=LogMelParams(num_mel_bins=32, stft_hop_samples=1024), aug=None)
     audio = harmonic(4.0, SR, f0=262.0) * 0.3
@@ -391,7 +392,7 @@ def test_log_mel_image_comes_from_the_models_own_layer():
 
 
 def test_serve_command_starts_on_loopback(tmp_path):
-    """``python -m nsynth_cnn serve`` in a fresh interpreter: listens on 127.0.0.1 and answers the page."""
+    """``python -m nsynth_cnn.tools serve`` in a fresh interpreter: listens on 127.0.0.1 and answers the page."""
     import socket
     import subprocess
     import sys
@@ -402,7 +403,7 @@ def test_serve_command_starts_on_loopback(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "nsynth_cnn", "serve", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "nsynth_cnn.tools", "serve", "--port", str(port),
                              "--weights", str(tmp_path / "w"), "--sample", str(tmp_path / "s")],
                             cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nsynth_cnn import corpus, synth
+from nsynth_cnn.tools import corpus
+from nsynth_cnn.tools.corpus import synth
 from nsynth_cnn.params import AUDIO
 
 SR = AUDIO.sample_rate_hz

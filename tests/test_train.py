@@ -1,4 +1,5 @@
-"""Training helpers on inputs whose answers are known: mixup, the learning-rate schedule, resume."""
+"""Training helpers on inputs whose answers are known: the learning-rate schedule, resume, distillation targets,
+the recipe's stages."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,28 +9,8 @@ from nsynth_cnn import train
 from nsynth_cnn.params import TrainParams
 
 
-def test_mixup_mixes_audio_labels_and_weights_alike():
-    import tensorflow as tf
-    n, k = 8, 10
-    x = np.stack([np.full(16, i, np.float32) for i in range(n)])          # note i is the constant i
-    y = np.eye(k, dtype=np.float32)[np.arange(n) % k]
-    w = np.arange(1, n + 1, dtype=np.float32)
-    xm, ym, wm = (np.asarray(t) for t in train.mixup_batch(tf.constant(x), tf.constant(y), tf.constant(w),
-                                                            alpha=0.4, seed=3))
-    partner = np.arange(n)[::-1]                                          # each note is mixed with its mirror
-    lam = ym[np.arange(n), np.arange(n) % k]                              # weight of the note's own label
-    assert np.all(lam >= 0.5 - 1e-6) and np.all(lam <= 1.0 + 1e-6)
-    np.testing.assert_allclose(ym.sum(axis=1), 1.0, atol=1e-6)
-    np.testing.assert_allclose(xm[:, 0], lam * np.arange(n) + (1 - lam) * partner, atol=1e-4)
-    np.testing.assert_allclose(wm, lam * w + (1 - lam) * w[partner], atol=1e-4)
-    assert np.all(xm == xm[:, :1])                                        # the same lam for the whole note
-    assert not np.allclose(lam, 1.0)                                      # alpha 0.4 really mixes
 
 
-def test_mixup_without_sample_weights_returns_a_pair():
-    import tensorflow as tf
-    out = train.mixup_batch(tf.zeros((4, 8)), tf.one_hot([0, 1, 2, 3], 10), alpha=1.0)
-    assert len(out) == 2
 
 
 @pytest.mark.parametrize("epochs", [5, 30])
@@ -76,22 +57,3 @@ def test_distill_targets_mix_the_label_with_the_softened_teacher():
         np.testing.assert_array_equal(np.asarray(wo), np.asarray(w))
     assert q[1] / q[0] > p[1] / p[0]                                      # T = 2 flattens the teacher's view
 
-
-def test_with_mixup_the_teacher_labels_the_mixed_note():
-    """Consistent teaching: mixup comes first, so the teacher's probabilities are those of the mixed input the
-    student sees, not a mix of the two clean notes' probabilities."""
-    import dataclasses
-    import keras
-    import tensorflow as tf
-    from nsynth_cnn.params import TrainParams
-    keras.utils.set_random_seed(0)
-    teacher = keras.Sequential([keras.Input((16,)), keras.layers.Dense(10), keras.layers.Softmax()])
-    x = tf.random.normal((8, 16))
-    y = tf.one_hot([0, 1, 2, 3, 4, 5, 6, 7], 10)
-    w = tf.ones((8,))
-    p = dataclasses.replace(TrainParams(), mixup_alpha=1.0, distill_weight=1.0, distill_temperature=1.0)
-    xo, yo, _ = next(iter(train.soft_targets(tf.data.Dataset.from_tensors((x, y, w)), p, teacher)))
-    assert not np.allclose(np.asarray(xo), np.asarray(x))                         # the notes were mixed ...
-    np.testing.assert_allclose(np.asarray(yo), np.asarray(teacher(xo)), atol=1e-5)   # ... and judged mixed
-    q = np.asarray(teacher(x))
-    assert not np.allclose(np.asarray(yo), q) and not np.allclose(np.asarray(yo), np.asarray(y))

@@ -1,4 +1,4 @@
-"""``python -m nsynth_cnn bench``: speed and memory of the project, measured side by side in one run.
+"""``python -m nsynth_cnn.tools bench``: speed and memory of the project, measured side by side in one run.
 
 Every number is measured in this process (or in a child it starts, for cold-start latency) on the same
 generated notes, with the cases of a section interleaved over ``--repeats`` rounds (median throughput,
@@ -786,9 +786,9 @@ def _main(args):
 
 
 def main(argv=None, out=print) -> int:
-    """``python -m nsynth_cnn.bench ...`` (the same options), without loading the other commands."""
+    """``python -m nsynth_cnn.tools.bench ...`` (the same options), without loading the other commands."""
     import argparse
-    ap = argparse.ArgumentParser(prog="python -m nsynth_cnn.bench", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m nsynth_cnn.tools.bench", description=__doc__.split("\n\n")[0])
     _add_arguments(ap)
     run(ap.parse_args(argv), out)
     return 0

@@ -1,4 +1,4 @@
-"""Web page to try both classifiers on any recording: ``python -m nsynth_cnn serve [--host --port]``.
+"""Web page to try both classifiers on any recording: ``python -m nsynth_cnn.tools serve [--host --port]``.
 
 A small Flask app (:func:`create_app`) on 127.0.0.1 by default. Upload an audio file (wav, flac, mp3, ogg;
 any sample rate, mono or stereo) or pick a note of the NSynth sample folder; the page shows
