@@ -169,12 +169,12 @@ class TrainingState(keras.callbacks.Callback):
     # ------------------------------------------------------------------------------------------- resume
     def on_train_begin(self, logs=None):
         os.makedirs(self.out_dir, exist_ok=True)
-        self._remove_temporaries()
         state, kept = self._load_newest_state()
         if state is None:
             self._fresh_start()
         else:
             self._resume(state)
+        self._remove_temporaries()
         self._prune(kept)
 
     def _load_newest_state(self):
@@ -236,7 +236,8 @@ class TrainingState(keras.callbacks.Callback):
                   and not math.isnan(r[self.monitor])]
         best, best_epoch = max(values, default=(None, None))
         return {"format": STATE_FORMAT, "epochs_done": done, "best": best, "best_epoch": best_epoch,
-                "best_pending": None, "stopped": False, "early_stopping": None, "history": rows}, []
+                "best_pending": None, "stopped": False, "early_stopping": None, "history": rows}, \
+            ["latest.weights.h5", "training_metadata.json"]         # replaced by the first new backup
 
     def _fresh_start(self):
         self.rows, self.best, self.best_epoch = [], None, None
@@ -283,22 +284,16 @@ class TrainingState(keras.callbacks.Callback):
             return False
 
     def _remove_temporaries(self):
-        """Temporary files of an interrupted write: in the backup folder, and the run's ones in the weights
-        folder (best checkpoint, final network, history JSON)."""
+        """Temporary files of an interrupted write (after :meth:`_resume` has finished a committed best
+        checkpoint's rename): in the backup folder, and the run's ones in the weights folder."""
         prefixes = (f".{self.name}_cnn.best.", f"{self.name}_cnn.", f"{self.name}_cnn_history.")
         for entry in os.listdir(self.out_dir):
             if entry.startswith(prefixes) and ".tmp" in entry and os.path.isfile(os.path.join(self.out_dir, entry)):
-                if entry.startswith(f".{self.name}_cnn.best.") and self._is_committed_pending(entry):
-                    continue                                  # finished by _resume
                 os.remove(os.path.join(self.out_dir, entry))
         if os.path.isdir(self.backup):
             for entry in os.listdir(self.backup):
                 if ".tmp" in entry:
                     os.remove(os.path.join(self.backup, entry))
-
-    def _is_committed_pending(self, entry: str) -> bool:
-        m = re.match(rf"^\.{re.escape(self.name)}_cnn\.best\.e(\d+)\.tmp\.keras$", entry)
-        return bool(m) and os.path.isfile(os.path.join(self.backup, f"epoch-{int(m.group(1)):04d}.json"))
 
     # ------------------------------------------------------------------------------------------- save
     def on_epoch_begin(self, epoch, logs=None):

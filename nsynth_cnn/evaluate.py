@@ -140,6 +140,7 @@ def add_parser(sub):
     ap.add_argument("--data", required=True, help="TFRecord file, glob of them, or JSON+wav folder")
     ap.add_argument("--weights", default="weights", help="folder holding <model>_cnn.keras")
     ap.add_argument("--out", default=None, help="JSON file (default: evaluation_<model>.json)")
+
     def positive_int(text: str) -> int:
         import argparse
         if not text.strip().isdigit() or int(text) < 1:

@@ -237,43 +237,50 @@ def _compiled_model(name: str, p: TrainParams, aug: AugmentParams, distribute: s
 
 
 def _callbacks(name: str, out_dir: str, p: TrainParams, monitor: str, watch: str | None) -> list:
+    """The run's callbacks; the last, :class:`~nsynth_cnn.checkpoints.TrainingState`, resumes an interrupted
+    run and writes the history CSV, the best checkpoint and a backup at each epoch end, each atomically."""
     import keras
-    best = os.path.join(out_dir, f".{name}_cnn.best.keras")
-    backup = os.path.join(out_dir, f".{name}_cnn.backup")
-    csv_path = history_path(out_dir, name, "csv")
-    if not os.path.isdir(backup) and os.path.exists(csv_path):
-        os.remove(csv_path)                 # a fresh run: do not append to an old history
-    checkpoint = keras.callbacks.ModelCheckpoint(best, monitor=monitor, save_best_only=True, mode="max")
-    resumed_best = _best_so_far(csv_path, monitor) if os.path.isdir(backup) and os.path.isfile(best) else None
-    if resumed_best is not None:            # a resumed run: only beat the best epoch before the interruption
-        checkpoint.best = resumed_best
+
+    from .checkpoints import TrainingState
+    stopping = keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=p.early_stopping_patience,
+                                             restore_best_weights=True)
     callbacks = ([WatchAccuracy(watch)] if watch else []) + [EpochSeconds()]   # timed after the watch
     return callbacks + [
-        keras.callbacks.BackupAndRestore(backup),
-        checkpoint,
-        keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=p.early_stopping_patience,
-                                      restore_best_weights=True),
+        stopping,
         keras.callbacks.LearningRateScheduler(lr_schedule(p, p.epochs)),
-        keras.callbacks.CSVLogger(csv_path, append=True),
+        TrainingState(name, out_dir, monitor, early_stopping=stopping),       # last: sees every log entry
     ]
 
 
 def _save_final(model, name: str, out_dir: str, p: TrainParams, aug: AugmentParams, history: dict) -> None:
-    """Write the best epoch's network and the history, then remove the run's checkpoint and backup."""
+    """Write the best epoch's network and the history, then remove the run's checkpoint and backup. A run that
+    completed no epoch writes nothing (:class:`DataError`): existing weights are never replaced by an untrained
+    network. A best checkpoint that does not load is skipped (with a message) for the last epoch's network."""
     import keras
-    best = os.path.join(out_dir, f".{name}_cnn.best.keras")
-    final = keras.models.load_model(best) if os.path.isfile(best) else model
-    _save_atomic(final, name, weights_path(out_dir, name), p, aug)
-    _write_json_atomic(history_path(out_dir, name), history)
+
+    from .checkpoints import best_path, remove_run_files
+    target = weights_path(out_dir, name)
+    if not history.get("epoch"):
+        raise data.DataError(f"{name}: no training epoch was completed, so nothing was saved"
+                             + (f"; {target} was not changed." if os.path.isfile(target) else "."))
+    best = best_path(out_dir, name)
+    final = model
     if os.path.isfile(best):
-        os.remove(best)
-    shutil.rmtree(os.path.join(out_dir, f".{name}_cnn.backup"), ignore_errors=True)
+        try:
+            final = keras.models.load_model(best, compile=False)
+        except Exception as err:  # noqa: BLE001 - any load failure means the same: the file is unusable
+            print(f"{name}: best checkpoint {best} cannot be loaded ({type(err).__name__}: {str(err)[:160]}); "
+                  "skipped: saving the last epoch's network instead")
+    _save_atomic(final, name, target, p, aug)
+    _write_json_atomic(history_path(out_dir, name), history)
+    remove_run_files(out_dir, name)
 
 
 def _write_json_atomic(path: str, obj) -> None:
+    from .checkpoints import replace_atomic
     with open(path + ".tmp", "w") as fh:
         json.dump(obj, fh, indent=1)
-    os.replace(path + ".tmp", path)
+    replace_atomic(path + ".tmp", path)
 
 
 def _json_history(csv_path: str) -> dict:
@@ -347,9 +354,11 @@ def _save_atomic(model, name: str, path: str, p: TrainParams = TrainParams(),
     from . import models
     clean = models.build_model(name, train=p, aug=aug)
     clean.set_weights(model.get_weights())
+    from .checkpoints import replace_atomic, test_kill_point
     tmp = path[:-len(".keras")] + ".tmp.keras"
     clean.save(tmp)
-    os.replace(tmp, path)
+    test_kill_point("final", partial=tmp)
+    replace_atomic(tmp, path)
 
 
 # ----------------------------------------------------------------------------------------------- command line

@@ -134,17 +134,18 @@ def page(browser):
 
 @pytest.fixture
 def upload_log(monkeypatch, assets):
-    """Paths of the temp files the app creates for uploads (they must be in UPLOAD_TMPDIR and gone after)."""
-    from nsynth_cnn.tools import serve
+    """Paths of the named temp files made while handling uploads: none, since uploads are decoded from memory
+    (nothing to leave behind if the server dies mid-decode); UPLOAD_TMPDIR must stay empty too."""
+    import tempfile
     made = []
-    real = serve.tempfile.mkstemp
+    real = tempfile.mkstemp
 
     def spy(*args, **kwargs):
         fd, path = real(*args, **kwargs)
         made.append(path)
         return fd, path
 
-    monkeypatch.setattr(serve.tempfile, "mkstemp", spy)
+    monkeypatch.setattr(tempfile, "mkstemp", spy)
     yield made
     for path in made:
         assert os.path.dirname(path) == str(assets["uploads"])
@@ -235,7 +236,7 @@ def test_upload_shows_the_models_probabilities(page, server, assets, saved_model
     assert page.locator(".weights-problem").count() == 0
     assert page.locator("#error").count() == 0
     page.screenshot(path=SCREENSHOT, full_page=True)
-    assert len(upload_log) == 1
+    assert upload_log == []   # decoded from memory: no upload file on disk
 
 
 def test_other_formats_and_rates(server, assets, saved_models, upload_log, tmp_path):
@@ -256,7 +257,7 @@ def test_other_formats_and_rates(server, assets, saved_models, upload_log, tmp_p
             assert list(shown) == list(FAMILIES)
             for fam, p in zip(FAMILIES, expected_probabilities(model, audio)):
                 assert abs(shown[fam] - 100 * p) <= 0.05 + 1e-3, f"{fmt} {name}/{fam}: {shown[fam]} vs {100 * p}"
-    assert len(upload_log) == 3
+    assert upload_log == []
 
 
 def test_sample_note_shows_true_family(page, server, assets, saved_models):
@@ -296,8 +297,8 @@ def test_bad_upload_gets_a_message(page, server, assets, upload_log, filename, s
     assert message in text and filename in text, text
     assert page.locator("#result").count() == 0
     assert page.locator("#upload-form").is_visible()        # the user can try again from the same page
-    assert "nsynth-upload-" not in page.content()           # the temp file's name does not leak
-    assert len(upload_log) == 1
+    assert "nsynth-upload-" not in page.content()           # no temp file's name leaks
+    assert upload_log == []
 
 
 def test_too_big_upload_gets_a_message(page, server, assets, upload_log):

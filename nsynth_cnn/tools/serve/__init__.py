@@ -11,8 +11,12 @@ What is classified: an upload is decoded, averaged to mono, resampled to 16 kHz,
 skipped (onset = first sample reaching 1 % of the peak, minus 10 ms), and the next 4 s are kept (shorter
 recordings are zero padded). Sample notes are used as stored (NSynth notes are 4 s from their onset).
 
-Bad uploads (not audio, empty, too big, unreadable, silent) get a message on the page with an HTTP 4xx
-status. An upload lives only in a temporary file that is deleted before the response is sent.
+Bad uploads (not audio, empty, too big, unreadable, silent, absurd headers) get a message on the page with an
+HTTP 4xx status. An upload is kept in memory (it is at most ``--max-upload-mb``) and never written to disk under its
+name, so nothing is left behind even if the server dies mid-decode (a format only audioread/ffmpeg can decode goes
+through an unnamed temporary file, which the OS removes with the process). Decoding runs inside the compute lock,
+one upload at a time, and reads only the first ``data.MAX_DECODE_SECONDS`` (block by block, mixed to mono as it
+goes), so a small, highly compressed file cannot blow up memory.
 Weights are loaded lazily from ``<weights>/<name>_cnn.keras`` and reloaded when the file changes, so the
 page can run while a model is still training; a missing file is reported on the page with the command
 that makes it.
@@ -24,7 +28,6 @@ import io
 import logging
 import os
 import re
-import tempfile
 import threading
 import time
 from typing import Any
@@ -210,7 +213,8 @@ def create_app(weights_dir: str = DEFAULT_WEIGHTS_DIR, sample_dir: str = DEFAULT
                       WEIGHTS_DIR=weights_dir, SAMPLE_DIR=sample_dir)
     store = ModelStore(weights_dir)
     app.extensions["nsynth_models"] = store
-    compute_lock = threading.Lock()
+    compute_lock = threading.Lock()   # one decode / inference at a time: concurrent uploads cannot multiply memory
+    app.extensions["nsynth_compute_lock"] = compute_lock
 
     def limit_text() -> str:
         limit = app.config["MAX_CONTENT_LENGTH"]
@@ -268,7 +272,8 @@ def create_app(weights_dir: str = DEFAULT_WEIGHTS_DIR, sample_dir: str = DEFAULT
                 raise UploadError("No file was chosen. Pick an audio file (wav, flac, mp3 or ogg), then press "
                                   "Classify.")
             name = os.path.basename(upload.filename.replace("\\", "/"))
-            audio, info = _decode_upload(upload, name, app.config.get("UPLOAD_TMPDIR"))
+            with compute_lock:
+                audio, info = _decode_upload(upload, name, app.config.get("UPLOAD_TMPDIR"))
         except UploadError as err:
             return page(err.status, error=err.message)
         result = analyse(audio, true_family=None)
@@ -314,38 +319,33 @@ def create_app(weights_dir: str = DEFAULT_WEIGHTS_DIR, sample_dir: str = DEFAULT
 
 
 def _decode_upload(upload, name: str, tmpdir: str | None) -> tuple[np.ndarray, dict]:
-    """Upload -> (4-s 16-kHz waveform from the onset, facts about the file). The temp file is always removed."""
-    ext = os.path.splitext(name)[1].lower()
-    suffix = ext if re.fullmatch(r"\.[a-z0-9]{1,5}", ext) else ".bin"
-    fd, tmp = tempfile.mkstemp(prefix="nsynth-upload-", suffix=suffix, dir=tmpdir)
+    """Upload -> (4-s 16-kHz waveform from the onset, facts about the file). Decoded from memory (``BytesIO``):
+    no file named after the upload is written; ``tmpdir`` only holds the unnamed file of the audioread fallback."""
+    blob = upload.stream.read()           # at most MAX_CONTENT_LENGTH (werkzeug refuses bigger requests)
+    if not blob:
+        raise UploadError(f"{name} is empty (0 bytes). Choose a file that holds a recording.")
+    info = _audio_info(io.BytesIO(blob), len(blob))
+    notes: list[str] = []
     try:
-        with os.fdopen(fd, "wb") as fh:
-            upload.save(fh)
-        size = os.path.getsize(tmp)
-        if size == 0:
-            raise UploadError(f"{name} is empty (0 bytes). Choose a file that holds a recording.")
-        info = _audio_info(tmp, size)
-        try:
-            audio = load_audio(tmp, context="upload", reject_silent=True, onset_trim=True)
-        except DataError as err:
-            raise UploadError(str(err).replace(tmp, name)) from None
-        except Exception as err:  # noqa: BLE001 - decoder crashes are the file's fault, not the server's
-            log.warning("decoding %s failed: %r", name, err)
-            raise UploadError(f"{name}: could not be decoded as audio ({type(err).__name__}). Use wav, flac, "
-                              "ogg or mp3.") from None
-        return audio, info
-    finally:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        audio = load_audio(io.BytesIO(blob), name=name, context="upload", reject_silent=True, onset_trim=True,
+                           on_warning=notes.append, tmpdir=tmpdir)
+    except DataError as err:
+        raise UploadError(str(err)) from None
+    except Exception as err:  # noqa: BLE001 - decoder crashes are the file's fault, not the server's
+        log.warning("decoding %s failed: %r", name, err)
+        raise UploadError(f"{name}: could not be decoded as audio ({type(err).__name__}). Use wav, flac, "
+                          "ogg or mp3.") from None
+    if notes:
+        info["warning"] = " ".join(notes)
+    return audio, info
 
 
-def _audio_info(path: str, size: int) -> dict:
+def _audio_info(source, size: int) -> dict:
+    """Size, and what the header says (length, rate, channels) when libsndfile can read it (a path or file)."""
     info = {"size": f"{size / (1 << 20):.1f} MB" if size >= (1 << 20) else f"{size / 1024:.0f} KB"}
     try:
         import soundfile as sf
-        i = sf.info(path)
+        i = sf.info(source)
         info.update(seconds=f"{i.duration:.2f}", rate=f"{i.samplerate:,} Hz",
                     channels={1: "mono", 2: "stereo"}.get(i.channels, f"{i.channels} channels"),
                     long=i.duration > AUDIO.note_seconds)
