@@ -117,7 +117,7 @@ class AugmentParams:
 @dataclasses.dataclass(frozen=True)
 class TrainParams:
     batch_size: int = 64
-    epochs: int = 30
+    epochs: int = 12                     # set per stage by RECIPE (train.stage_params)
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
     warmup_epochs: int = 1

@@ -326,6 +326,59 @@ def params_table(*param_objects):
 
 
 # ----------------------------------------------------------------------------------------------- deliverable
+FIGURE_ALT = {   # figures/<name>.png -> alt text of the figure in the exported report
+    "waveform_example": "Waveform of one string note: amplitude in [-1, 1] against time over 4 s, note-off at 3 s.",
+    "learning_curves": "Learning curves of both networks: training and validation loss and accuracy per epoch, "
+                       "best epoch marked.",
+    "per_class_accuracy": "Bar chart of accuracy per instrument family for both networks.",
+    "confusion_waveform": "Confusion matrix of the waveform CNN, note counts and row-normalised.",
+    "confusion_logmel": "Confusion matrix of the log-mel CNN, note counts and row-normalised.",
+    "extremes_waveform": "Per family, the waveforms the waveform CNN gives the highest and the lowest probability "
+                         "of the correct family.",
+    "extremes_logmel": "Per family, the waveforms the log-mel CNN gives the highest and the lowest probability "
+                       "of the correct family.",
+    "boundary_waveform": "Per family, the waveforms nearest the waveform CNN's decision boundary, just right and "
+                         "just wrong, with their margins.",
+    "boundary_logmel": "Per family, the waveforms nearest the log-mel CNN's decision boundary, just right and "
+                       "just wrong, with their margins.",
+}
+PRINT_CSS = """<style>
+@media print { @page { size: A4; margin: 12mm; } }
+.jp-RenderedHTMLCommon table { font-size: 9px; }
+.jp-OutputArea-output pre { white-space: pre-wrap; word-break: break-word; }
+img { max-width: 100%; height: auto; }
+</style>"""
+
+
+def export_html(notebook: str = "project1.ipynb", out: str = os.path.join("report", "project1.html")) -> str:
+    """The executed notebook as a report page: outputs only (no code cells, nothing cut off in print), every
+    figure with alt text (:data:`FIGURE_ALT`, by the file name its cell saves it to), tables and text fit to the
+    page width. Returns ``out``."""
+    import re
+    import nbformat
+    from nbconvert import HTMLExporter
+    nb = nbformat.read(notebook, as_version=4)
+    alts = []
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        saved = re.search(r"/(\w+)\.png", cell.source)
+        alt = FIGURE_ALT.get(saved.group(1), "") if saved else ""
+        alts += [alt or "A figure of the report."] * sum("image/png" in o.get("data", {}) for o in cell.outputs)
+    body, _ = HTMLExporter(template_name="lab", exclude_input=True, exclude_input_prompt=True,
+                           exclude_output_prompt=True).from_notebook_node(nb)
+    pieces = re.split(r'<img (?:alt="[^"]*" )?', body)       # nbconvert writes a placeholder alt text
+    if len(pieces) - 1 != len(alts):
+        raise data.DataError(f"{notebook}: {len(pieces) - 1} images in the page but {len(alts)} image outputs")
+    escape = lambda t: t.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;")   # noqa: E731
+    body = pieces[0] + "".join(f'<img alt="{escape(alt)}" {rest}' for alt, rest in zip(alts, pieces[1:]))
+    body = body.replace("</head>", PRINT_CSS + "\n</head>", 1)
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    with open(out + ".tmp", "w", encoding="utf-8") as fh:
+        fh.write(body)
+    os.replace(out + ".tmp", out)
+    return out
+
 ZIP_CONTENT = ("project1.ipynb", "README.md", "requirements.txt", "nsynth_cnn", "weights", "data/README.md",
                "data/nsynth-sample", "figures", "report/project1.html", "report/project1.pdf")
 ZIP_REQUIRED = ("project1.ipynb", "README.md", "requirements.txt", "nsynth_cnn", "weights/waveform_cnn.keras",
