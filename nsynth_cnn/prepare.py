@@ -15,10 +15,19 @@ every epoch reads 256 KB per note. ``prepare`` fixes both, streaming, with bound
    prepared shards by that marker and parse them with :func:`parse_prepared` into the same element dict as
    :func:`nsynth_cnn.data.parse_serialized`, so ``train --train DIR`` / ``evaluate --data DIR`` just work.
 
-synth_lead notes (dropped by every reader anyway) are not copied.
+synth_lead notes (dropped by every reader anyway) are not copied. The free disk space is checked first (about
+half the float32 source, plus a margin). Pass 1 works in chunks of :data:`CHUNK_NOTES` source notes, each with
+bucket files of its own and recorded in ``.prepare-tmp/progress.json`` when done; pass 2 keeps the shards
+already written. So a run that was interrupted resumes where it stopped when started again (same --src and
+--out), and gives the same shards as an uninterrupted run.
+
+:func:`ensure_mixed` does all this with no manual step: training on ``nsynth-train.tfrecord`` (or a few shards)
+converts it once into ``nsynth-train.tfrecord.prepared/`` beside it (or under ``$NSYNTH_CNN_CACHE`` when the data
+folder is read-only) and reuses that folder while the source files are unchanged (path, size, mtime).
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import itertools
@@ -403,8 +412,9 @@ def ensure_mixed(path, *, seed: int = 0, log: Callable[[str], None] | None = pri
                  chunk_notes: int = CHUNK_NOTES, cache_dir: str | None = None) -> str:
     """A path whose notes come out family-mixed through :func:`nsynth_cnn.data.training_dataset`.
 
-    Prepared shards, sources of 16 or more TFRecord files (read interleaved in shuffled file order) and JSON+wav
-    folders (read in a seeded random note order) are returned as they are. A source of 1..15 TFRecord files
+    Prepared shards, sources of 16 or more TFRecord files (read interleaved in shuffled file order), NSynth as
+    TFDS stores it (TFDS shuffles the notes when it writes them) and JSON+wav folders (read in a seeded random
+    note order) are returned as they are. A source of 1..15 TFRecord files
     (the official ``nsynth-train.tfrecord``, sorted by family) is converted once with :func:`prepare` into
     :func:`prepared_locations` (beside it, else the cache) and that folder is returned; later calls reuse it
     while its ``prepared.json`` matches the source files (path, size, mtime). An interrupted conversion resumes;
@@ -412,25 +422,50 @@ def ensure_mixed(path, *, seed: int = 0, log: Callable[[str], None] | None = pri
     """
     path = os.fspath(path)
     kind, files = data.resolve_source(path)
-    if kind == "jsonwav" or is_prepared(files) or len(files) >= MIXED_MIN_FILES:
+    if kind == "jsonwav" or is_prepared(files) or len(files) >= MIXED_MIN_FILES or _is_tfds(files):
         return path
     signature = source_signature(kind, files)
     places = prepared_locations(path, cache_dir)
-    for place in places:
-        if _matching_copy(place, signature):
-            if log:
-                log(f"{path}: using its shuffled copy {place}")
-            return place
-    out = next((p for p in places if _writable(p)), None)
-    if out is None:
-        raise data.DataError(f"{path} must be converted once to shuffled shards (its notes are sorted by family), "
-                             f"but neither {places[0]} nor {places[1]} can be written. Set {CACHE_ENV} to a "
-                             "writable folder with room for half the source's size.")
-    if log:
-        log(f"{path}: {len(files)} TFRecord file(s) in family order; converting once to shuffled int16 shards in "
-            f"{out} (reused next time; if interrupted, the next run resumes).")
-    prepare(path, out, shards, seed=seed, overwrite=True, log=log, chunk_notes=chunk_notes)
+    with _lock(places[1]):        # two runs started at once: the second waits, then reuses the first's copy
+        for place in places:
+            if _matching_copy(place, signature):
+                if log:
+                    log(f"{path}: using its shuffled copy {place}")
+                return place
+        out = next((p for p in places if _writable(p)), None)
+        if out is None:
+            raise data.DataError(f"{path} must be converted once to shuffled shards (its notes are sorted by "
+                                 f"family), but neither {places[0]} nor {places[1]} can be written. Set {CACHE_ENV} "
+                                 "to a writable folder with room for half the source's size.")
+        if log:
+            log(f"{path}: {len(files)} TFRecord file(s) in family order; converting once to shuffled int16 shards "
+                f"in {out} (reused next time; if interrupted, the next run resumes).")
+        prepare(path, out, shards, seed=seed, overwrite=True, log=log, chunk_notes=chunk_notes)
     return out
+
+
+def _is_tfds(files: list[str]) -> bool:
+    from .tfds_format import is_tfds
+    return is_tfds(files)
+
+
+@contextlib.contextmanager
+def _lock(cache_place: str):
+    """An exclusive lock (POSIX ``flock``) for one source, kept in the cache folder; none where that fails."""
+    try:
+        import fcntl
+        folder = os.path.join(os.path.dirname(os.path.dirname(cache_place)), "locks")
+        os.makedirs(folder, exist_ok=True)
+        fh = open(os.path.join(folder, os.path.basename(cache_place) + ".lock"), "a")
+    except (ImportError, OSError):
+        yield
+        return
+    with fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 # ----------------------------------------------------------------------------------------------- CLI

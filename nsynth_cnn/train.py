@@ -90,6 +90,8 @@ def run_recipe(train_data, valid_data=None, out_dir: str = "weights", *, models=
         if stage not in needed:
             log(f"{stage.model}: {weights_path(folder, stage.model)} was trained by this stage of the recipe on "
                 f"{train_data}; kept (delete it to train again)")
+            from .checkpoints import remove_run_files
+            remove_run_files(folder, stage.model)     # its run's backup, if a kill came after the final save
         else:
             log(f"{stage.model}: {stage.epochs if epochs is None else epochs} epochs"
                 + (f", starting from {stage.init_from}" if stage.init_from else "")

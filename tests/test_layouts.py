@@ -3,7 +3,6 @@ resumable, disk space checked) by ``prepare.ensure_mixed``, JSON+wav training or
 split name found by ``report.find_split``, and NSynth as TensorFlow Datasets stores it."""
 from __future__ import annotations
 
-import collections
 import json
 import os
 import shutil
@@ -19,6 +18,12 @@ FULL_TRAIN_NOTES = 289_205
 BATCH = 64
 SOURCES = {0: "electronic", 1: "acoustic", 2: "acoustic", 3: "acoustic", 4: "acoustic", 5: "acoustic",
            6: "electronic", 7: "acoustic", 8: "acoustic", 9: "synthetic", 10: "synthetic"}
+
+
+@pytest.fixture(autouse=True)
+def _cache_in_tmp(tmp_path, monkeypatch):
+    """ensure_mixed keeps its locks (and read-only sources' copies) in the cache: not the real ~/.cache here."""
+    monkeypatch.setenv(prepare.CACHE_ENV, str(tmp_path / "cache"))
 
 
 def ordered_notes(per_family: int, families=range(11)):
@@ -319,7 +324,9 @@ def test_tfds_format_reads_into_the_same_elements(tmp_path):
     official = str(tmp_path / "official.tfrecord")
     data.write_tfrecord(official, notes[:3])
     assert data.nsynth_dataset(found).element_spec == data.nsynth_dataset(official).element_spec
-    out = prepare.ensure_mixed(found, shards=2, log=None)               # 2 files: converted like the others
+    assert prepare.ensure_mixed(found, log=None) == found              # TFDS shuffles the notes it writes
+    out = str(tmp_path / "prepared")
+    prepare.prepare(found, out, shards=2, log=None)                    # converting it reads the TFDS schema too
     assert sorted(note_strs(out)) == sorted(want)
     x, y = next(iter(data.training_dataset(out, batch_size=8, shuffle_buffer=0, seed=0)))
     assert x.shape == (8, N)

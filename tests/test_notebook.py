@@ -45,7 +45,7 @@ def test_first_code_cell_is_the_parameters_cell(notebook):
     names = {}
     exec(first.source, {}, names)          # plain assignments only
     assert names["MODE"] == "evaluate"
-    assert set(names) == {"MODE", "DATA_DIR", "WEIGHTS_DIR", "FIGURES_DIR"}
+    assert set(names) == {"MODE", "DATA_DIR", "WEIGHTS_DIR", "FIGURES_DIR", "EPOCHS"} and names["EPOCHS"] is None
 
 
 def test_reads_like_a_report(notebook):
