@@ -221,7 +221,8 @@ class TrainingState(keras.callbacks.Callback):
                 state = json.load(fh)
             if state.get("format") != STATE_FORMAT:
                 raise ValueError(f"unknown backup format {state.get('format')!r}")
-            int(state["epochs_done"]), list(state["history"])
+            if not isinstance(state.get("epochs_done"), int) or not isinstance(state.get("history"), list):
+                raise ValueError("incomplete backup state")
             self.model.load_weights(os.path.join(self.backup, state["weights"]))
             return state, [state_file, state["weights"]]
         return load
@@ -348,9 +349,8 @@ class TrainingState(keras.callbacks.Callback):
         keep = set(newest)
         states = sorted((int(m.group(1)), e) for e in os.listdir(self.backup) if (m := _STATE_RE.match(e)))
         newest_n = next((n for n, e in states if e in keep), None)
-        older = [e for n, e in states if newest_n is not None and n < newest_n][-(KEEP_BACKUPS - 1):] \
-            if KEEP_BACKUPS > 1 else []
-        for e in older:
+        older = [e for n, e in states if newest_n is not None and n < newest_n]
+        for e in older[len(older) - (KEEP_BACKUPS - 1):]:
             keep.add(e)
             keep.add(e[:-len(".json")] + ".weights.h5")
         for entry in os.listdir(self.backup):

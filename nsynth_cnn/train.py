@@ -22,7 +22,7 @@ import sys
 import time
 import warnings
 
-from . import data
+from . import data, prepare
 from .params import FAMILIES, MODEL_NAMES, RECIPE, AugmentParams, Stage, TrainParams
 from .weights import WeightsError, history_path, load_history, load_trained, weights_path
 
@@ -137,8 +137,9 @@ def fit_network(name: str, train_data, valid_data=None, out_dir: str = "weights"
         keras.mixed_precision.set_global_policy("mixed_float16")
     teacher_model = load_trained("logmel", teacher) if teacher else None      # fail before any work
     os.makedirs(out_dir, exist_ok=True)
-    counts = _checked_counts(train_data, p)
-    train_ds, valid_ds = _datasets(train_data, valid_data, p, counts, cache, steps_per_epoch, teacher_model)
+    source = prepare.ensure_mixed(train_data)   # a family-ordered file: converted once into shuffled shards
+    counts = _checked_counts(source, p)
+    train_ds, valid_ds = _datasets(source, valid_data, p, counts, cache, steps_per_epoch, teacher_model)
     mixing = _check_mixing(train_ds, counts, p.batch_size)
     model = _compiled_model(name, p, aug, distribute, xla, init_from)
     csv_path = history_path(out_dir, name, "csv")
@@ -155,7 +156,7 @@ def fit_network(name: str, train_data, valid_data=None, out_dir: str = "weights"
     history = _json_history(csv_path)
     history["meta"] = {"model": name, "init_from": init_from, "teacher": teacher,
                        "stage": dataclasses.asdict(stage) if stage else None, "params": dataclasses.asdict(p),
-                       "augment": dataclasses.asdict(aug), "train_data": str(train_data),
+                       "augment": dataclasses.asdict(aug), "train_data": str(train_data), "read_from": str(source),
                        "valid_data": str(valid_data), "train_notes_per_family": dict(zip(FAMILIES, counts.tolist())),
                        "families_per_batch": mixing, "wall_seconds_last_run": round(wall, 1),
                        "gpu": gpu, "keras_backend": keras.backend.backend()}

@@ -253,6 +253,11 @@ def test_truncated_wav_is_classified_with_a_warning(tmp_path, weights, capsys):
     from nsynth_cnn.tools import serve
     audio, info = serve._decode_upload(FileStorage(io.BytesIO(path.read_bytes()), "cut.wav"), "cut.wav", None)
     assert audio.shape == (N,) and "cut short" in info["warning"]
+    app = serve.create_app(weights_dir=str(weights), sample_dir=str(tmp_path / "no-sample"))
+    resp = app.test_client().post("/classify", data={"audio": (io.BytesIO(path.read_bytes()), "cut.wav")},
+                                  content_type="multipart/form-data")
+    page = resp.get_data(as_text=True)
+    assert resp.status_code == 200 and 'id="decode-warning"' in page and "cut short" in page   # shown on the page
 
 
 def test_truncated_flac_keeps_what_decodes_with_a_warning(tmp_path):

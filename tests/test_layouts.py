@@ -330,3 +330,53 @@ def test_tfds_format_reads_into_the_same_elements(tmp_path):
     assert sorted(note_strs(out)) == sorted(want)
     x, y = next(iter(data.training_dataset(out, batch_size=8, shuffle_buffer=0, seed=0)))
     assert x.shape == (8, N)
+
+
+# ----------------------------------------------------------------------------------------------- train mode, end to end
+def test_cli_trains_on_the_family_ordered_file_at_official_proportions(big_dir, tmp_path, capsys):
+    """``python -m nsynth_cnn train`` on the official-style single file, shuffle buffer 4096 N / 289,205: the train
+    path converts it and the first batches mix the families (recorded in the history)."""
+    from nsynth_cnn.__main__ import main
+    out = tmp_path / "w"
+    rc = main(["train", "--model", "logmel", "--train", str(big_dir / "nsynth-train.tfrecord"), "--out", str(out),
+               "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", str(BATCH),
+               "--shuffle-buffer", str(shuffle_buffer_for(KEPT_BIG)), "--xla", "off"])
+    assert rc == 0, capsys.readouterr().err
+    meta = json.loads((out / "logmel_cnn_history.json").read_text())["meta"]
+    assert meta["families_per_batch"] >= 8
+    assert meta["read_from"].endswith(".prepared") and meta["train_data"].endswith("nsynth-train.tfrecord")
+    assert sum(meta["train_notes_per_family"].values()) == KEPT_BIG
+
+
+def test_training_refuses_batches_of_one_family(big_dir, tmp_path, capsys, monkeypatch):
+    """Were the file read as it is (no conversion), the first batches would hold 1-2 families: training stops
+    with a message that says what to do, and writes no weights."""
+    from nsynth_cnn.__main__ import main
+    monkeypatch.setattr(prepare, "ensure_mixed", lambda path, **kw: path)
+    out = tmp_path / "w"
+    rc = main(["train", "--model", "logmel", "--train", str(big_dir / "nsynth-train.tfrecord"), "--out", str(out),
+               "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", str(BATCH),
+               "--shuffle-buffer", str(shuffle_buffer_for(KEPT_BIG)), "--xla", "off"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "ordered by family" in err and "prepare" in err
+    assert not (out / "logmel_cnn.keras").exists()
+
+
+def test_notebook_train_mode_converts_the_official_file(big_dir, tmp_path):
+    """The notebook's MODE = "train" on a DATA_DIR holding nsynth-train.tfrecord: the recipe runs (1 epoch per
+    stage), every stage reads the converted shards with mixed batches, and the report evaluates the result."""
+    import papermill
+    from conftest import ROOT
+    weights = tmp_path / "weights"
+    nb = papermill.execute_notebook(
+        str(ROOT / "project1.ipynb"), str(tmp_path / "out.ipynb"), cwd=str(ROOT), kernel_name="python3",
+        parameters={"MODE": "train", "DATA_DIR": str(big_dir), "WEIGHTS_DIR": str(weights),
+                    "FIGURES_DIR": str(tmp_path / "figures"), "EPOCHS": 1},
+        progress_bar=False, execution_timeout=900)
+    assert not [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+                if o.get("output_type") == "error"]
+    for name in ("logmel", "waveform"):
+        meta = json.loads((weights / f"{name}_cnn_history.json").read_text())["meta"]
+        assert meta["families_per_batch"] >= 8 and meta["read_from"].endswith(".prepared"), name
+        assert meta["stage"]["model"] == name and meta["params"]["epochs"] == 1
+    assert not (weights / ".waveform-base").exists()           # the intermediate network is gone

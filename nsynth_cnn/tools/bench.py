@@ -16,6 +16,8 @@ largest peak), so the printed *ratios* hold even on a busy machine. Sections (``
               full-NSynth epoch (289,205 notes). ``--backend-agnostic`` feeds synthetic numpy batches and
               imports no TensorFlow, so it runs under ``KERAS_BACKEND=jax`` (e.g. on a GPU box).
 ``shuffle``   class mixing of the first batches: the family-ordered file vs. its prepared shards.
+``order``     (not by default; minutes) the log-mel CNN trained on the family-ordered file at the official
+              file's proportions through the train path, and on the same notes pre-shuffled: held-out accuracy.
 ``memory``    peak memory while evaluating a 4,096-note TFRecord (streamed) vs. loading it into RAM.
 ``scale``     (opt-in) epoch read throughput of prepared shards at growing sizes (``--scale-gb``), with the
               page cache dropped for those files before each cold epoch.
@@ -46,13 +48,55 @@ from ..params import (AUDIO, FAMILIES, NSYNTH_FAMILY_NAMES, NSYNTH_SOURCE_NAMES,
 
 FULL_NSYNTH_TRAIN_NOTES = 289_205
 NSYNTH_TEST_NOTES = 4_096
-SECTIONS = ("pipeline", "inference", "predict", "train", "shuffle", "memory", "scale")
+SECTIONS = ("pipeline", "inference", "predict", "train", "shuffle", "memory", "scale", "order")
 DEFAULT_SECTIONS = ("pipeline", "inference", "predict", "train", "shuffle", "memory")
 NETWORKS = ("waveform", "logmel")
 # the layers that turn a waveform batch into each network's time-frequency image (the convolutions' input)
 FRONT_END_LAYERS = {"waveform": ("peak_normalize", "downsample", "filterbank"),
                     "logmel": ("peak_normalize", "log_mel")}
 MB = 1 << 20
+
+
+# ----------------------------------------------------------------------------------------------- order
+def section_order(report: Report, wd: Workdir, args) -> None:
+    """Issue 23's proof: a family-ordered single file of N notes, with the shuffle buffer scaled to the official
+    file's proportions (4096 N / 289,205), trained through the ordinary train path (which converts it into
+    shuffled shards), against the same notes pre-shuffled; both scored on held-out generated instruments."""
+    from .. import data, evaluate, train
+    from ..weights import load_trained
+    n, root = wd.n, os.path.join(wd.root, "order")
+    buf = max(1, round(TrainParams().shuffle_buffer * n / FULL_NSYNTH_TRAIN_NOTES))
+    p = dataclasses.replace(TrainParams(), shuffle_buffer=buf, epochs=args.order_epochs)
+    report.out(f"\n[order] log-mel CNN, {p.epochs} epochs on {n} family-ordered notes (shuffle buffer {buf}) "
+               "vs. the same notes pre-shuffled")
+    ordered = wd.tfrecord()
+    notes = list(generated_notes(n))
+    shuffled = os.path.join(root, "shuffled", "nsynth-train.tfrecord")
+    os.makedirs(os.path.dirname(shuffled), exist_ok=True)
+    data.write_tfrecord(shuffled, (notes[i] for i in np.random.default_rng(1).permutation(n)))
+    held = os.path.join(root, "heldout.tfrecord")
+    data.write_tfrecord(held, generated_notes(max(500, n // 4), seed=1))
+    raw = data.training_dataset(ordered, batch_size=p.batch_size, shuffle_buffer=buf, seed=p.seed, cache=False)
+    report.add(Row("order", "families per batch, the family-ordered file read as it is (no conversion)",
+                   note=f"{data.families_per_batch(raw):.2f} of {len(FAMILIES)}"))
+    preds = {}
+    for key, label, src in (("ordered", "the family-ordered file (converted by the train path)", ordered),
+                            ("shuffled", "the same notes pre-shuffled", shuffled)):
+        out = os.path.join(root, key)
+        t0 = time.perf_counter()
+        hist = train.fit_network("logmel", src, None, out, p, verbose=0)
+        pred = evaluate.predict_source(load_trained("logmel", out), held)
+        preds[key] = pred
+        acc = float((pred.predicted == pred.labels).mean())
+        lo, hi = evaluate.accuracy_interval(int((pred.predicted == pred.labels).sum()), len(pred.labels))
+        report.add(Row("order", f"log-mel CNN trained on {label}", note=(
+            f"held-out accuracy {acc:.3f} ({lo:.2f}-{hi:.2f}, {len(pred.labels)} notes); families per batch "
+            f"{hist['meta']['families_per_batch']}; {time.perf_counter() - t0:.0f} s")))
+    pair = evaluate.paired_comparison(preds["ordered"].labels, preds["ordered"].predicted,   # same file, same order
+                                      preds["shuffled"].predicted)
+    report.add(Row("order", "paired on the held-out notes: right only when trained on the ordered file / only "
+                            "on the pre-shuffled one", note=f"{pair['right_only_here']} / {pair['right_only_there']} "
+                                                            f"(exact McNemar p = {pair['mcnemar_exact_p']:.2g})"))
 
 
 # ----------------------------------------------------------------------------------------------- memory
@@ -586,6 +630,48 @@ def section_shuffle(report: Report, wd: Workdir, args) -> None:
                            note=f"{classes} of {len(FAMILIES)} ({why})"))
 
 
+# ----------------------------------------------------------------------------------------------- order
+def section_order(report: Report, wd: Workdir, args) -> None:
+    """Issue 23's proof: a family-ordered single file of N notes, with the shuffle buffer scaled to the official
+    file's proportions (4096 N / 289,205), trained through the ordinary train path (which converts it into
+    shuffled shards), against the same notes pre-shuffled; both scored on held-out generated instruments."""
+    from .. import data, evaluate, train
+    from ..weights import load_trained
+    n, root = wd.n, os.path.join(wd.root, "order")
+    buf = max(1, round(TrainParams().shuffle_buffer * n / FULL_NSYNTH_TRAIN_NOTES))
+    p = dataclasses.replace(TrainParams(), shuffle_buffer=buf, epochs=args.order_epochs)
+    report.out(f"\n[order] log-mel CNN, {p.epochs} epochs on {n} family-ordered notes (shuffle buffer {buf}) "
+               "vs. the same notes pre-shuffled")
+    ordered = wd.tfrecord()
+    notes = list(generated_notes(n))
+    shuffled = os.path.join(root, "shuffled", "nsynth-train.tfrecord")
+    os.makedirs(os.path.dirname(shuffled), exist_ok=True)
+    data.write_tfrecord(shuffled, (notes[i] for i in np.random.default_rng(1).permutation(n)))
+    held = os.path.join(root, "heldout.tfrecord")
+    data.write_tfrecord(held, generated_notes(max(500, n // 4), seed=1))
+    raw = data.training_dataset(ordered, batch_size=p.batch_size, shuffle_buffer=buf, seed=p.seed, cache=False)
+    report.add(Row("order", "families per batch, the family-ordered file read as it is (no conversion)",
+                   note=f"{data.families_per_batch(raw):.2f} of {len(FAMILIES)}"))
+    preds = {}
+    for key, label, src in (("ordered", "the family-ordered file (converted by the train path)", ordered),
+                            ("shuffled", "the same notes pre-shuffled", shuffled)):
+        out = os.path.join(root, key)
+        t0 = time.perf_counter()
+        hist = train.fit_network("logmel", src, None, out, p, verbose=0)
+        pred = evaluate.predict_source(load_trained("logmel", out), held)
+        preds[key] = pred
+        acc = float((pred.predicted == pred.labels).mean())
+        lo, hi = evaluate.accuracy_interval(int((pred.predicted == pred.labels).sum()), len(pred.labels))
+        report.add(Row("order", f"log-mel CNN trained on {label}", note=(
+            f"held-out accuracy {acc:.3f} ({lo:.2f}-{hi:.2f}, {len(pred.labels)} notes); families per batch "
+            f"{hist['meta']['families_per_batch']}; {time.perf_counter() - t0:.0f} s")))
+    pair = evaluate.paired_comparison(preds["ordered"].labels, preds["ordered"].predicted,   # same file, same order
+                                      preds["shuffled"].predicted)
+    report.add(Row("order", "paired on the held-out notes: right only when trained on the ordered file / only "
+                            "on the pre-shuffled one", note=f"{pair['right_only_here']} / {pair['right_only_there']} "
+                                                            f"(exact McNemar p = {pair['mcnemar_exact_p']:.2g})"))
+
+
 # ----------------------------------------------------------------------------------------------- memory
 def section_memory(report: Report, wd: Workdir, args) -> None:
     from .. import data, evaluate, models
@@ -707,7 +793,8 @@ def _ram_gb() -> float | None:
 
 # ----------------------------------------------------------------------------------------------- CLI
 RUNNERS = {"pipeline": section_pipeline, "inference": section_inference, "predict": section_predict,
-           "train": section_train, "shuffle": section_shuffle, "memory": section_memory, "scale": section_scale}
+           "train": section_train, "shuffle": section_shuffle, "memory": section_memory, "scale": section_scale,
+           "order": section_order}
 
 
 def run(args, out=print) -> Report:
@@ -774,6 +861,7 @@ def _add_arguments(ap):
     ap.add_argument("--backend-agnostic", action="store_true",
                     help="train section on synthetic numpy batches, no TensorFlow import (KERAS_BACKEND=jax)")
     ap.add_argument("--eval-notes", type=int, default=NSYNTH_TEST_NOTES, help="notes for the memory section")
+    ap.add_argument("--order-epochs", type=int, default=3, help="training epochs per run of the order section")
     ap.add_argument("--scale-gb", default="0.5,1,2,4", help="prepared-shard sizes for the scale section (GB)")
     ap.add_argument("--workdir", default=None, help="folder for generated data (default: a temp folder)")
     ap.add_argument("--keep", action="store_true", help="keep the generated data")

@@ -37,7 +37,7 @@ import numpy as np
 from ...data import DataError, load_audio, read_examples_json
 from ...weights import DEFAULT_DIR as DEFAULT_WEIGHTS_DIR
 from ...weights import MODEL_NAMES, load_model_file, train_command, weights_path
-from ...params import AUDIO, FAMILIES, NSYNTH_FAMILY_NAMES, SYNTH_LEAD_ID, LogMelParams, nsynth_family_to_label
+from ...params import AUDIO, FAMILIES, NSYNTH_FAMILY_NAMES, SYNTH_LEAD_ID, nsynth_family_to_label
 
 log = logging.getLogger(__name__)
 
@@ -98,16 +98,12 @@ def predict_probabilities(model, audio: np.ndarray) -> np.ndarray:
 
 def log_mel_image(audio: np.ndarray, logmel_model=None):
     """``(image, layer)``: the (frames, mels) image the log-mel CNN sees, made by its own ``log_mel`` layer on
-    the peak-normalised note. Without a loaded log-mel model the layer is built from :class:`LogMelParams`
-    (the settings it is trained with)."""
+    the peak-normalised note. Without a loaded log-mel model, the layer the model builder uses
+    (:func:`nsynth_cnn.models.log_mel_layer`, the settings it is trained with)."""
     from ... import features as F
-    from ...models import front_end
+    from ...models import front_end, log_mel_layer
     layer = front_end(logmel_model, "log_mel") if logmel_model is not None else None
-    if layer is None:
-        p = LogMelParams()
-        layer = F.LogMelSpectrogram(AUDIO.sample_rate_hz, p.fft_length, p.stft_window_samples,
-                                    p.stft_hop_samples, p.num_mel_bins, p.mel_min_hz, p.mel_max_hz, p.top_db,
-                                    name="log_mel")
+    layer = layer or log_mel_layer()
     x = F.PeakNormalize()(np.asarray(audio, np.float32)[None, :])
     return np.asarray(layer(x))[0, :, :, 0], layer
 
@@ -201,12 +197,43 @@ def sample_notes(sample_dir: str) -> tuple[list[dict], str | None]:
 
 
 # ----------------------------------------------------------------------------------------------- app
+def code(text: str):
+    """Escape a message and show `back-quoted` parts as <code>."""
+    from markupsafe import Markup
+    return Markup(re.sub(r"`([^`]+)`", r"<code>\1</code>", str(Markup.escape(text))))
+
+
+def probability_chart(name: str, model, problem: str | None, audio: np.ndarray, true_family: str | None) -> dict:
+    """One network's bar chart of the 10 family probabilities (or the reason it cannot be shown)."""
+    chart = {"name": name, "title": MODEL_TITLES[name], "problem": code(problem) if problem else None}
+    if model is None:
+        return chart
+    probs = predict_probabilities(model, audio)
+    top = int(np.argmax(probs))
+    return {**chart, "top": FAMILIES[top], "top_pct": f"{probs[top] * 100:.1f}",
+            "correct": None if true_family is None else FAMILIES[top] == true_family,
+            "rows": [{"family": fam, "pct": f"{p * 100:.1f}", "width": f"{p * 100:.2f}", "top": i == top,
+                      "true": fam == true_family} for i, (fam, p) in enumerate(zip(FAMILIES, probs))]}
+
+
+def analyse(store: ModelStore, lock, audio: np.ndarray, *, true_family: str | None) -> dict:
+    """Everything the page shows about one note: both networks' charts, its waveform, log-mel image and player."""
+    t0 = time.perf_counter()
+    with lock:
+        loaded = {name: store.get(name) for name in MODEL_NAMES}
+        charts = [probability_chart(name, model, problem, audio, true_family)
+                  for name, (model, problem) in loaded.items()]
+        img, layer = log_mel_image(audio, loaded["logmel"][0])
+    return {"charts": charts, "waveform_png": waveform_png(audio), "logmel_png": logmel_png(img, layer),
+            "logmel_settings": describe_log_mel(layer), "logmel_from_model": loaded["logmel"][0] is not None,
+            "audio_uri": wav_data_uri(audio), "true_family": true_family,
+            "seconds": f"{time.perf_counter() - t0:.2f}"}
+
+
 def create_app(weights_dir: str = DEFAULT_WEIGHTS_DIR, sample_dir: str = DEFAULT_SAMPLE_DIR,
                max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, upload_tmpdir: str | None = None):
     """The Flask app. ``MAX_CONTENT_LENGTH`` (bytes) and ``UPLOAD_TMPDIR`` may be changed in ``app.config``."""
     from flask import Flask, render_template, request
-    from markupsafe import Markup
-    from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
     app = Flask(__name__)
     app.config.update(MAX_CONTENT_LENGTH=int(max_upload_mb * (1 << 20)), UPLOAD_TMPDIR=upload_tmpdir,
@@ -220,11 +247,6 @@ def create_app(weights_dir: str = DEFAULT_WEIGHTS_DIR, sample_dir: str = DEFAULT
         limit = app.config["MAX_CONTENT_LENGTH"]
         return f"{limit / (1 << 20):.0f} MB" if limit >= (1 << 20) else f"{limit / 1024:.0f} KB"
 
-    def code(text: str) -> Markup:
-        """Escape a message and show `back-quoted` parts as <code>."""
-        escaped = str(Markup.escape(text))
-        return Markup(re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped))
-
     def page(status: int = 200, *, error: str | None = None, result: dict | None = None,
              selected_note: str | None = None):
         notes, sample_problem = sample_notes(app.config["SAMPLE_DIR"])
@@ -235,30 +257,6 @@ def create_app(weights_dir: str = DEFAULT_WEIGHTS_DIR, sample_dir: str = DEFAULT
             selected_note=selected_note, accept=UPLOAD_ACCEPT, limit=limit_text(),
             families=FAMILIES, titles=MODEL_TITLES, seconds=AUDIO.note_seconds, rate=AUDIO.sample_rate_hz)
         return html, status
-
-    def analyse(audio: np.ndarray, *, true_family: str | None) -> dict:
-        t0 = time.perf_counter()
-        with compute_lock:
-            models, charts = {}, []
-            for name in MODEL_NAMES:
-                model, problem = store.get(name)
-                models[name] = model
-                chart = {"name": name, "title": MODEL_TITLES[name], "problem": code(problem) if problem else None}
-                if model is not None:
-                    probs = predict_probabilities(model, audio)
-                    top = int(np.argmax(probs))
-                    chart.update(
-                        top=FAMILIES[top], top_pct=f"{probs[top] * 100:.1f}",
-                        correct=None if true_family is None else FAMILIES[top] == true_family,
-                        rows=[{"family": fam, "pct": f"{p * 100:.1f}", "width": f"{p * 100:.2f}",
-                               "top": i == top, "true": fam == true_family}
-                              for i, (fam, p) in enumerate(zip(FAMILIES, probs))])
-                charts.append(chart)
-            img, layer = log_mel_image(audio, models["logmel"])
-        return {"charts": charts, "waveform_png": waveform_png(audio), "logmel_png": logmel_png(img, layer),
-                "logmel_settings": describe_log_mel(layer),
-                "logmel_from_model": models["logmel"] is not None, "audio_uri": wav_data_uri(audio),
-                "true_family": true_family, "seconds": f"{time.perf_counter() - t0:.2f}"}
 
     @app.get("/")
     def index():
@@ -276,7 +274,7 @@ def create_app(weights_dir: str = DEFAULT_WEIGHTS_DIR, sample_dir: str = DEFAULT
                 audio, info = _decode_upload(upload, name, app.config.get("UPLOAD_TMPDIR"))
         except UploadError as err:
             return page(err.status, error=err.message)
-        result = analyse(audio, true_family=None)
+        result = analyse(store, compute_lock, audio, true_family=None)
         result.update(kind="upload", title=name, info=info)
         return page(result=result)
 
@@ -295,9 +293,17 @@ def create_app(weights_dir: str = DEFAULT_WEIGHTS_DIR, sample_dir: str = DEFAULT
             audio = load_audio(os.path.join(sample_dir, "audio", f"{note}.wav"), context="NSynth note")
         except DataError as err:
             return page(404, error=f"The sample note cannot be read: {err}")
-        result = analyse(audio, true_family=family)
+        result = analyse(store, compute_lock, audio, true_family=family)
         result.update(kind="sample", title=note, info=None)
         return page(result=result, selected_note=note)
+
+    _add_error_pages(app, page, limit_text)
+    return app
+
+
+def _add_error_pages(app, page, limit_text) -> None:
+    """Every error (too big, HTTP errors, a bug) answered with the page and one message, never a traceback."""
+    from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(_err):
@@ -315,7 +321,6 @@ def create_app(weights_dir: str = DEFAULT_WEIGHTS_DIR, sample_dir: str = DEFAULT
         log.exception("request failed")
         return page(500, error=f"Something went wrong on the server ({type(err).__name__}: {str(err)[:200]}).")
 
-    return app
 
 
 def _decode_upload(upload, name: str, tmpdir: str | None) -> tuple[np.ndarray, dict]:
