@@ -9,8 +9,8 @@ import os
 
 from . import data
 from .evaluate import known_defects
-from .params import FAMILIES, RECIPE, TrainParams
-from .weights import load_history
+from .params import FAMILIES, MODEL_NAMES, RECIPE, TrainParams
+from .weights import load_history, weights_path
 
 SAMPLE_DIR = os.path.join("data", "nsynth-sample")
 """NSynth-format sample shipped in the repository (JSON+wav layout), used when no NSynth split is found."""
@@ -122,7 +122,7 @@ def recipe_table(recipe=RECIPE, p: TrainParams = TrainParams()):
              "teacher": "the log-mel CNN" if s.teacher else "-",
              "peak learning rate": p.learning_rate if s.learning_rate is None else s.learning_rate,
              "warm-up epochs": p.warmup_epochs if s.warmup_epochs is None else s.warmup_epochs,
-             "result": "intermediate" if s.out else f"weights/{s.model}_cnn.keras"} for i, s in enumerate(recipe)]
+             "result": "intermediate" if s.out else weights_path("weights", s.model)} for i, s in enumerate(recipe)]
     return pd.DataFrame(rows).set_index("stage")
 
 
@@ -381,8 +381,8 @@ def export_html(notebook: str = "project1.ipynb", out: str = os.path.join("repor
 
 ZIP_CONTENT = ("project1.ipynb", "README.md", "requirements.txt", "nsynth_cnn", "weights", "data/README.md",
                "data/nsynth-sample", "figures", "report/project1.html", "report/project1.pdf")
-ZIP_REQUIRED = ("project1.ipynb", "README.md", "requirements.txt", "nsynth_cnn", "weights/waveform_cnn.keras",
-                "weights/logmel_cnn.keras")
+ZIP_REQUIRED = ("project1.ipynb", "README.md", "requirements.txt", "nsynth_cnn",
+                *(weights_path("weights", name) for name in MODEL_NAMES))
 
 
 def package_zip(out: str = "project1.zip", root: str = ".", content=ZIP_CONTENT, required=ZIP_REQUIRED,

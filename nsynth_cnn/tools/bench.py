@@ -45,6 +45,7 @@ import numpy as np
 
 from ..params import (AUDIO, FAMILIES, NSYNTH_FAMILY_NAMES, NSYNTH_SOURCE_NAMES, LogMelParams, TrainParams,
                      label_to_nsynth_family)
+from ..weights import weights_path
 
 FULL_NSYNTH_TRAIN_NOTES = 289_205
 NSYNTH_TEST_NOTES = 4_096
@@ -55,48 +56,6 @@ NETWORKS = ("waveform", "logmel")
 FRONT_END_LAYERS = {"waveform": ("peak_normalize", "downsample", "filterbank"),
                     "logmel": ("peak_normalize", "log_mel")}
 MB = 1 << 20
-
-
-# ----------------------------------------------------------------------------------------------- order
-def section_order(report: Report, wd: Workdir, args) -> None:
-    """Issue 23's proof: a family-ordered single file of N notes, with the shuffle buffer scaled to the official
-    file's proportions (4096 N / 289,205), trained through the ordinary train path (which converts it into
-    shuffled shards), against the same notes pre-shuffled; both scored on held-out generated instruments."""
-    from .. import data, evaluate, train
-    from ..weights import load_trained
-    n, root = wd.n, os.path.join(wd.root, "order")
-    buf = max(1, round(TrainParams().shuffle_buffer * n / FULL_NSYNTH_TRAIN_NOTES))
-    p = dataclasses.replace(TrainParams(), shuffle_buffer=buf, epochs=args.order_epochs)
-    report.out(f"\n[order] log-mel CNN, {p.epochs} epochs on {n} family-ordered notes (shuffle buffer {buf}) "
-               "vs. the same notes pre-shuffled")
-    ordered = wd.tfrecord()
-    notes = list(generated_notes(n))
-    shuffled = os.path.join(root, "shuffled", "nsynth-train.tfrecord")
-    os.makedirs(os.path.dirname(shuffled), exist_ok=True)
-    data.write_tfrecord(shuffled, (notes[i] for i in np.random.default_rng(1).permutation(n)))
-    held = os.path.join(root, "heldout.tfrecord")
-    data.write_tfrecord(held, generated_notes(max(500, n // 4), seed=1))
-    raw = data.training_dataset(ordered, batch_size=p.batch_size, shuffle_buffer=buf, seed=p.seed, cache=False)
-    report.add(Row("order", "families per batch, the family-ordered file read as it is (no conversion)",
-                   note=f"{data.families_per_batch(raw):.2f} of {len(FAMILIES)}"))
-    preds = {}
-    for key, label, src in (("ordered", "the family-ordered file (converted by the train path)", ordered),
-                            ("shuffled", "the same notes pre-shuffled", shuffled)):
-        out = os.path.join(root, key)
-        t0 = time.perf_counter()
-        hist = train.fit_network("logmel", src, None, out, p, verbose=0)
-        pred = evaluate.predict_source(load_trained("logmel", out), held)
-        preds[key] = pred
-        acc = float((pred.predicted == pred.labels).mean())
-        lo, hi = evaluate.accuracy_interval(int((pred.predicted == pred.labels).sum()), len(pred.labels))
-        report.add(Row("order", f"log-mel CNN trained on {label}", note=(
-            f"held-out accuracy {acc:.3f} ({lo:.2f}-{hi:.2f}, {len(pred.labels)} notes); families per batch "
-            f"{hist['meta']['families_per_batch']}; {time.perf_counter() - t0:.0f} s")))
-    pair = evaluate.paired_comparison(preds["ordered"].labels, preds["ordered"].predicted,   # same file, same order
-                                      preds["shuffled"].predicted)
-    report.add(Row("order", "paired on the held-out notes: right only when trained on the ordered file / only "
-                            "on the pre-shuffled one", note=f"{pair['right_only_here']} / {pair['right_only_there']} "
-                                                            f"(exact McNemar p = {pair['mcnemar_exact_p']:.2g})"))
 
 
 # ----------------------------------------------------------------------------------------------- memory
@@ -352,7 +311,7 @@ class Workdir:
             from .. import models
             os.makedirs(p, exist_ok=True)
             for name in NETWORKS:     # untrained: latency and throughput do not depend on the weights
-                models.build_model(name).save(os.path.join(p, f"{name}_cnn.keras"))
+                models.build_model(name).save(weights_path(p, name))
         return self._once("weights", make, path)
 
     def wav(self) -> str:
