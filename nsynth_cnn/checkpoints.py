@@ -40,6 +40,8 @@ import zipfile
 
 import keras
 
+from .weights import history_path
+
 KILL_ENV = "NSYNTH_TEST_KILL_DURING"
 STATE_FORMAT = 1
 KEEP_BACKUPS = 2
@@ -52,10 +54,6 @@ def best_path(out_dir: str, name: str) -> str:
 
 def backup_dir(out_dir: str, name: str) -> str:
     return os.path.join(out_dir, f".{name}_cnn.backup")
-
-
-def csv_history_path(out_dir: str, name: str) -> str:
-    return os.path.join(out_dir, f"{name}_cnn_history.csv")
 
 
 def test_kill_point(what: str, epoch: int | None = None, partial: str | None = None) -> None:
@@ -160,7 +158,7 @@ class TrainingState(keras.callbacks.Callback):
         self.early_stopping, self.log = early_stopping, log
         self.backup = backup_dir(out_dir, name)
         self.best_file = best_path(out_dir, name)
-        self.csv_path = csv_history_path(out_dir, name)
+        self.csv_path = history_path(out_dir, name, "csv")
         self.rows: list[dict] = []
         self.best: float | None = None
         self.best_epoch: int | None = None

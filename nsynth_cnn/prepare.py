@@ -434,11 +434,12 @@ def ensure_mixed(path, *, seed: int = 0, log: Callable[[str], None] | None = pri
                 return place
         out = next((p for p in places if _writable(p)), None)
         if out is None:
-            raise data.DataError(f"{path} must be converted once to shuffled shards (its notes are sorted by "
-                                 f"family), but neither {places[0]} nor {places[1]} can be written. Set {CACHE_ENV} "
+            raise data.DataError(f"{path} must be converted once to shuffled shards (too few files to mix "
+                                 f"families by reading them interleaved; NSynth's own file is sorted by family), but neither {places[0]} nor {places[1]} can be written. Set {CACHE_ENV} "
                                  "to a writable folder with room for half the source's size.")
         if log:
-            log(f"{path}: {len(files)} TFRecord file(s) in family order; converting once to shuffled int16 shards "
+            log(f"{path}: {len(files)} TFRecord file(s), too few to mix the families by reading them interleaved "
+                "(NSynth's own train file is sorted by family); converting once to shuffled int16 shards "
                 f"in {out} (reused next time; if interrupted, the next run resumes).")
         prepare(path, out, shards, seed=seed, overwrite=True, log=log, chunk_notes=chunk_notes)
     return out

@@ -64,6 +64,15 @@ def make_notes(per_family: int = 2, families=range(11)) -> list[tuple[dict, np.n
     return notes
 
 
+def train_valid_dir(root: Path) -> Path:
+    """``root/train.tfrecord`` (the 22 notes of :func:`make_notes`) and ``root/valid`` (every second one, JSON+wav)."""
+    from nsynth_cnn import data
+    notes = make_notes()
+    data.write_tfrecord(str(root / "train.tfrecord"), notes)
+    data.write_jsonwav(str(root / "valid"), notes[1::2])
+    return root
+
+
 @pytest.fixture(scope="session")
 def notes():
     """22 notes: 2 per NSynth family id 0..10, synth_lead (9) included."""

@@ -13,7 +13,7 @@ import re
 import numpy as np
 import pytest
 
-from conftest import N, ROOT, make_notes, run_cli
+from conftest import N, ROOT, make_notes, run_cli, train_valid_dir
 from nsynth_cnn import data
 from nsynth_cnn.__main__ import main
 from nsynth_cnn.params import FAMILIES
@@ -23,11 +23,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli")
-    notes = make_notes()
-    data.write_tfrecord(str(root / "train.tfrecord"), notes)
-    data.write_jsonwav(str(root / "valid"), notes[1::2])
-    return root
+    return train_valid_dir(tmp_path_factory.mktemp("cli"))
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import signal
 
 import pytest
 
-from conftest import make_notes, run_cli, subprocess_env
+from conftest import make_notes, run_cli, subprocess_env, train_valid_dir
 from nsynth_cnn import data
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -25,11 +25,7 @@ EPOCHS = 3
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("resume")
-    notes = make_notes()
-    data.write_tfrecord(str(root / "train.tfrecord"), notes)
-    data.write_jsonwav(str(root / "valid"), notes[1::2])
-    return root
+    return train_valid_dir(tmp_path_factory.mktemp("resume"))
 
 
 def _train(workdir, out, kill=None):
