@@ -19,6 +19,7 @@ import pytest
 import soundfile as sf
 
 from conftest import N, SR, make_notes, subprocess_env
+from nsynth_cnn import audio as audio_files
 from nsynth_cnn import data
 from nsynth_cnn.__main__ import main
 from nsynth_cnn.params import FAMILIES, NSYNTH_FAMILY_NAMES
@@ -159,7 +160,7 @@ def test_decode_stops_at_the_cap(tmp_path, monkeypatch):
     path = tmp_path / "long.flac"
     write_long_flac(path, 60, note_at=1, rate=48_000, channels=2)
     got = []
-    real = data._decode_mono
+    real = audio_files._decode_mono
 
     def spy(blocks, rate, channels, max_frames, *rest):
         def counted():
@@ -168,7 +169,7 @@ def test_decode_stops_at_the_cap(tmp_path, monkeypatch):
                 yield b
         return real(counted(), rate, channels, max_frames, *rest)
 
-    monkeypatch.setattr(data, "_decode_mono", spy)
+    monkeypatch.setattr(audio_files, "_decode_mono", spy)
     data.load_audio(str(path), onset_trim=True)
     assert data.MAX_DECODE_SECONDS * 48_000 <= sum(got) < (data.MAX_DECODE_SECONDS + 1) * 48_000
 

@@ -495,7 +495,7 @@ def section_predict(report: Report, wd: Workdir, args) -> None:
 
 # ----------------------------------------------------------------------------------------------- (4) training
 def _compile_like_train(model, p: TrainParams, xla):
-    """The optimizer, loss and metrics of ``train.train`` (AdamW, label-smoothed cross-entropy)."""
+    """The optimizer, loss and metrics of ``train.fit_network`` (AdamW, label-smoothed cross-entropy)."""
     import keras
     model.compile(optimizer=keras.optimizers.AdamW(learning_rate=p.learning_rate, weight_decay=p.weight_decay),
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=p.label_smoothing),
