@@ -593,42 +593,45 @@ def section_shuffle(report: Report, wd: Workdir, args) -> None:
 def section_order(report: Report, wd: Workdir, args) -> None:
     """Issue 23's proof: a family-ordered single file of N notes, with the shuffle buffer scaled to the official
     file's proportions (4096 N / 289,205), trained through the ordinary train path (which converts it into
-    shuffled shards), against the same notes pre-shuffled; both scored on held-out generated instruments."""
+    shuffled shards), against the same notes pre-shuffled in ``--order-repeats`` random orders (their spread is
+    the noise of training on another order); all scored on the same held-out generated instruments."""
     from .. import data, evaluate, train
     from ..weights import load_trained
     n, root = wd.n, os.path.join(wd.root, "order")
     buf = max(1, round(TrainParams().shuffle_buffer * n / FULL_NSYNTH_TRAIN_NOTES))
     p = dataclasses.replace(TrainParams(), shuffle_buffer=buf, epochs=args.order_epochs)
     report.out(f"\n[order] log-mel CNN, {p.epochs} epochs on {n} family-ordered notes (shuffle buffer {buf}) "
-               "vs. the same notes pre-shuffled")
+               f"vs. the same notes pre-shuffled ({args.order_repeats} orders)")
     ordered = wd.tfrecord()
     notes = list(generated_notes(n))
-    shuffled = os.path.join(root, "shuffled", "nsynth-train.tfrecord")
-    os.makedirs(os.path.dirname(shuffled), exist_ok=True)
-    data.write_tfrecord(shuffled, (notes[i] for i in np.random.default_rng(1).permutation(n)))
+    runs = [("ordered", "the family-ordered file (converted by the train path)", ordered)]
+    for k in range(1, args.order_repeats + 1):
+        path = os.path.join(root, f"shuffled{k}", "nsynth-train.tfrecord")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        data.write_tfrecord(path, (notes[i] for i in np.random.default_rng(k).permutation(n)))
+        runs.append((f"shuffled{k}", f"the same notes pre-shuffled (order {k})", path))
     held = os.path.join(root, "heldout.tfrecord")
     data.write_tfrecord(held, generated_notes(max(500, n // 4), seed=1))
     raw = data.training_dataset(ordered, batch_size=p.batch_size, shuffle_buffer=buf, seed=p.seed, cache=False)
     report.add(Row("order", "families per batch, the family-ordered file read as it is (no conversion)",
                    note=f"{data.families_per_batch(raw):.2f} of {len(FAMILIES)}"))
     preds = {}
-    for key, label, src in (("ordered", "the family-ordered file (converted by the train path)", ordered),
-                            ("shuffled", "the same notes pre-shuffled", shuffled)):
+    for key, label, src in runs:
         out = os.path.join(root, key)
         t0 = time.perf_counter()
         hist = train.fit_network("logmel", src, None, out, p, verbose=0)
-        pred = evaluate.predict_source(load_trained("logmel", out), held)
-        preds[key] = pred
-        acc = float((pred.predicted == pred.labels).mean())
-        lo, hi = evaluate.accuracy_interval(int((pred.predicted == pred.labels).sum()), len(pred.labels))
+        pred = preds[key] = evaluate.predict_source(load_trained("logmel", out), held)
+        right = int((pred.predicted == pred.labels).sum())
+        lo, hi = evaluate.accuracy_interval(right, len(pred.labels))
         report.add(Row("order", f"log-mel CNN trained on {label}", note=(
-            f"held-out accuracy {acc:.3f} ({lo:.2f}-{hi:.2f}, {len(pred.labels)} notes); families per batch "
-            f"{hist['meta']['families_per_batch']}; {time.perf_counter() - t0:.0f} s")))
-    pair = evaluate.paired_comparison(preds["ordered"].labels, preds["ordered"].predicted,   # same file, same order
-                                      preds["shuffled"].predicted)
-    report.add(Row("order", "paired on the held-out notes: right only when trained on the ordered file / only "
-                            "on the pre-shuffled one", note=f"{pair['right_only_here']} / {pair['right_only_there']} "
-                                                            f"(exact McNemar p = {pair['mcnemar_exact_p']:.2g})"))
+            f"held-out accuracy {right / len(pred.labels):.3f} ({lo:.2f}-{hi:.2f}, {len(pred.labels)} notes); "
+            f"families per batch {hist['meta']['families_per_batch']}; {time.perf_counter() - t0:.0f} s")))
+    keys = [key for key, _, _ in runs]
+    for a, b in zip(keys, keys[1:]):                  # same held-out file read in the same order by every run
+        pair = evaluate.paired_comparison(preds[a].labels, preds[a].predicted, preds[b].predicted)
+        report.add(Row("order", f"paired on the held-out notes: right only after {a} / only after {b}",
+                       note=f"{pair['right_only_here']} / {pair['right_only_there']} "
+                            f"(exact McNemar p = {pair['mcnemar_exact_p']:.2g})"))
 
 
 # ----------------------------------------------------------------------------------------------- memory
@@ -820,7 +823,8 @@ def _add_arguments(ap):
     ap.add_argument("--backend-agnostic", action="store_true",
                     help="train section on synthetic numpy batches, no TensorFlow import (KERAS_BACKEND=jax)")
     ap.add_argument("--eval-notes", type=int, default=NSYNTH_TEST_NOTES, help="notes for the memory section")
-    ap.add_argument("--order-epochs", type=int, default=3, help="training epochs per run of the order section")
+    ap.add_argument("--order-epochs", type=int, default=16, help="training epochs per run of the order section")
+    ap.add_argument("--order-repeats", type=int, default=2, help="pre-shuffled orders trained in the order section")
     ap.add_argument("--scale-gb", default="0.5,1,2,4", help="prepared-shard sizes for the scale section (GB)")
     ap.add_argument("--workdir", default=None, help="folder for generated data (default: a temp folder)")
     ap.add_argument("--keep", action="store_true", help="keep the generated data")
