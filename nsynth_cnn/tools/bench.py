@@ -599,9 +599,9 @@ def section_order(report: Report, wd: Workdir, args) -> None:
     from ..weights import load_trained
     n, root = wd.n, os.path.join(wd.root, "order")
     buf = max(1, round(TrainParams().shuffle_buffer * n / FULL_NSYNTH_TRAIN_NOTES))
-    p = dataclasses.replace(TrainParams(), shuffle_buffer=buf, epochs=args.order_epochs)
-    report.out(f"\n[order] log-mel CNN, {p.epochs} epochs on {n} family-ordered notes (shuffle buffer {buf}) "
-               f"vs. the same notes pre-shuffled ({args.order_repeats} orders)")
+    p = dataclasses.replace(TrainParams(), shuffle_buffer=buf, epochs=args.order_epochs, seed=args.order_seed)
+    report.out(f"\n[order] log-mel CNN, {p.epochs} epochs (seed {p.seed}) on {n} family-ordered notes (shuffle "
+               f"buffer {buf}) vs. the same notes pre-shuffled ({args.order_repeats} orders)")
     ordered = wd.tfrecord()
     notes = list(generated_notes(n))
     runs = [("ordered", "the family-ordered file (converted by the train path)", ordered)]
@@ -825,6 +825,7 @@ def _add_arguments(ap):
     ap.add_argument("--eval-notes", type=int, default=NSYNTH_TEST_NOTES, help="notes for the memory section")
     ap.add_argument("--order-epochs", type=int, default=16, help="training epochs per run of the order section")
     ap.add_argument("--order-repeats", type=int, default=2, help="pre-shuffled orders trained in the order section")
+    ap.add_argument("--order-seed", type=int, default=TrainParams().seed, help="training seed of the order section")
     ap.add_argument("--scale-gb", default="0.5,1,2,4", help="prepared-shard sizes for the scale section (GB)")
     ap.add_argument("--workdir", default=None, help="folder for generated data (default: a temp folder)")
     ap.add_argument("--keep", action="store_true", help="keep the generated data")
