@@ -40,6 +40,7 @@ import zipfile
 
 import keras
 
+from .atomic import fsync_file, replace_atomic, write_json_atomic, write_text_atomic
 from .weights import history_path
 
 KILL_ENV = "NSYNTH_TEST_KILL_DURING"
@@ -73,28 +74,6 @@ def test_kill_point(what: str, epoch: int | None = None, partial: str | None = N
 
 
 test_kill_point.__test__ = False        # not a pytest test
-
-
-def fsync_file(path: str) -> None:
-    """Flush a written file to disk (a kill needs no fsync; a power cut does)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def replace_atomic(tmp: str, path: str) -> None:
-    """Move the fully written ``tmp`` onto ``path`` in one step."""
-    fsync_file(tmp)
-    os.replace(tmp, path)
-
-
-def write_text_atomic(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as fh:
-        fh.write(text)
-    replace_atomic(tmp, path)
 
 
 def csv_text(rows: list[dict]) -> str:
@@ -134,6 +113,14 @@ def read_csv_rows(path: str) -> list[dict]:
             continue
         rows.append(row)
     return rows
+
+
+def best_in_history(rows: list[dict], monitor: str) -> tuple[float | None, int | None]:
+    """``(value, epoch)`` of the highest ``monitor`` value in history rows, epochs without it (``NA``) or NaN
+    skipped; ``(None, None)`` when there is none."""
+    values = [(r[monitor], r["epoch"]) for r in rows if _number(r.get(monitor)) is not None
+              and not math.isnan(r[monitor])]
+    return max(values, default=(None, None))
 
 
 def _number(v):
@@ -231,9 +218,7 @@ class TrainingState(keras.callbacks.Callback):
         self.model.load_weights(os.path.join(self.backup, "latest.weights.h5"))
         rows = [r for r in read_csv_rows(self.csv_path) if r["epoch"] < done]
         rows = list({r["epoch"]: r for r in rows}.values())             # the last row of each epoch
-        values = [(r.get(self.monitor), r["epoch"]) for r in rows if _number(r.get(self.monitor)) is not None
-                  and not math.isnan(r[self.monitor])]
-        best, best_epoch = max(values, default=(None, None))
+        best, best_epoch = best_in_history(rows, self.monitor)
         return {"format": STATE_FORMAT, "epochs_done": done, "best": best, "best_epoch": best_epoch,
                 "best_pending": None, "stopped": False, "early_stopping": None, "history": rows}, \
             ["latest.weights.h5", "training_metadata.json"]         # replaced by the first new backup
@@ -337,7 +322,7 @@ class TrainingState(keras.callbacks.Callback):
                  {"wait": int(es.wait), "best": float(es.best), "best_epoch": int(es.best_epoch)},
                  "history": self.rows}
         state_file = f"epoch-{done:04d}.json"
-        write_text_atomic(os.path.join(self.backup, state_file), json.dumps(state))
+        write_json_atomic(os.path.join(self.backup, state_file), state, indent=None)
         return [state_file, weights]
 
     def _prune(self, newest: list[str]):

@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 
 from . import schema, shards
+from .atomic import write_json_atomic
 from .audio import (MAX_DECODE_SECONDS, SILENCE_PEAK, AudioWarning, fit_length,  # noqa: F401 (re-exported)
                     load_audio)
-from .params import (AUDIO, FAMILIES, NSYNTH_FAMILY_NAMES, NSYNTH_QUALITY_NAMES, NSYNTH_SOURCE_NAMES,
+from .params import (AUDIO, NSYNTH_FAMILY_NAMES, NSYNTH_QUALITY_NAMES, NSYNTH_SOURCE_NAMES,
                      NUM_CLASSES, SYNTH_LEAD_ID)
 from .schema import (INT_FEATURES, LEAN_FIELDS, META_KEYS, STR_FEATURES, DataError,  # noqa: F401 (re-exported)
                      element_from_parsed, element_signature, feature_spec, metadata_element, parse_serialized,
@@ -495,12 +496,5 @@ def write_jsonwav(folder: str, notes: Iterable[tuple[Mapping[str, Any], np.ndarr
         sf.write(os.path.join(folder, "audio", f"{meta['note_str']}.wav"),
                  np.clip(audio, -1.0, 1.0), AUDIO.sample_rate_hz, subtype="PCM_16")
         meta_all[meta["note_str"]] = dict(meta)
-    tmp = os.path.join(folder, "examples.json.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(meta_all, fh, indent=1, sort_keys=True)
-    os.replace(tmp, os.path.join(folder, "examples.json"))
+    write_json_atomic(os.path.join(folder, "examples.json"), meta_all, sort_keys=True)
     return len(meta_all)
-
-
-def family_name(label: int) -> str:
-    return FAMILIES[int(label)]

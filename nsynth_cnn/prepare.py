@@ -43,9 +43,11 @@ from typing import Any
 import numpy as np
 
 from . import data
+from .atomic import write_json_atomic
+from .tfds_format import is_tfds
 from .shards import (AUDIO_KEY, PCM_SCALE, PREPARED_MARKER, SHARD_PATTERN, STATS_FILE,  # noqa: F401
                      FORMAT, dequantize, is_prepared, parse_prepared, quantize, serialize_prepared)
-from .params import AUDIO, FAMILIES, NSYNTH_QUALITY_NAMES, NUM_CLASSES, nsynth_family_to_label
+from .params import AUDIO, FAMILIES, NUM_CLASSES, nsynth_family_to_label
 
 TARGET_SHARD_BYTES = 128 << 20         # auto shard count: ~128 MB per shard
 BYTES_PER_NOTE = 2 * AUDIO.num_samples + 512   # int16 audio + metadata, roughly
@@ -226,7 +228,7 @@ def prepare_elements(elements: Iterable[tuple[Mapping[str, Any], np.ndarray]] | 
         state = {"job": job, "seed": seed, "chunks_done": 0, "consumed": 0, "notes": 0,
                  "label_counts": [0] * NUM_CLASSES, "shard_notes": [0] * shards, "pass1_done": False,
                  "seconds": {"pass1_distribute": 0.0, "pass2_shuffle": 0.0}}
-        _write_json(progress, state)
+        write_json_atomic(progress, state)
     if not state["pass1_done"]:
         _distribute(elements, tmp, shards, seed, chunk_notes, state, progress, total, quiet, tf)
     if state["notes"] == 0:
@@ -238,8 +240,8 @@ def prepare_elements(elements: Iterable[tuple[Mapping[str, Any], np.ndarray]] | 
     total_bytes = sum(os.path.getsize(os.path.join(out, f)) for f in files)
     stats = {"notes": int(n), "label_counts": state["label_counts"], "families": list(FAMILIES),
              "shard_notes": state["shard_notes"]}
-    _write_json(os.path.join(out, STATS_FILE), stats)
-    _write_json(os.path.join(out, PREPARED_MARKER), {
+    write_json_atomic(os.path.join(out, STATS_FILE), stats)
+    write_json_atomic(os.path.join(out, PREPARED_MARKER), {
         "format": FORMAT, "source": str(source), "source_id": source_id, "notes": int(n), "shards": shards,
         "files": files, "seed": state["seed"], "bytes": int(total_bytes),
         "audio": f"bytes feature {AUDIO_KEY!r}: {AUDIO.num_samples} little-endian int16 samples at "
@@ -288,13 +290,13 @@ def _distribute(elements, tmp, shards, seed, chunk_notes, state, progress, total
                 state["label_counts"] = (np.asarray(state["label_counts"]) + counts).tolist()
                 state["shard_notes"] = (np.asarray(state["shard_notes"]) + shard_notes).tolist()
                 state["seconds"]["pass1_distribute"] += time.time() - start
-                _write_json(progress, state)
+                write_json_atomic(progress, state)
             if n_in < chunk_notes:
                 break
     finally:
         bar.close()
     state["pass1_done"] = True
-    _write_json(progress, state)
+    write_json_atomic(progress, state)
 
 
 def _shuffle_shards(out, tmp, shards, state, progress, quiet, tf) -> list[str]:
@@ -316,7 +318,7 @@ def _shuffle_shards(out, tmp, shards, state, progress, quiet, tf) -> list[str]:
             _shuffle_one(parts, out, tmp, name, state["shard_notes"][i], np.random.default_rng([state["seed"], 1, i]),
                          tf)
             state["seconds"]["pass2_shuffle"] += time.time() - start
-            _write_json(progress, state)
+            write_json_atomic(progress, state)
             bar.update(state["shard_notes"][i])
     finally:
         bar.close()
@@ -340,12 +342,6 @@ def _shuffle_one(parts: list[str], out: str, tmp: str, name: str, expected: int,
     os.replace(os.path.join(tmp, name), os.path.join(out, name))
     for p in parts:
         os.remove(p)
-
-
-def _write_json(path: str, obj) -> None:
-    with open(path + ".tmp", "w") as fh:
-        json.dump(obj, fh, indent=1)
-    os.replace(path + ".tmp", path)
 
 
 def prepare(src, out: str, shards: int | None = None, *, seed: int = 0, overwrite: bool = False,
@@ -422,7 +418,7 @@ def ensure_mixed(path, *, seed: int = 0, log: Callable[[str], None] | None = pri
     """
     path = os.fspath(path)
     kind, files = data.resolve_source(path)
-    if kind == "jsonwav" or is_prepared(files) or len(files) >= MIXED_MIN_FILES or _is_tfds(files):
+    if kind == "jsonwav" or is_prepared(files) or len(files) >= MIXED_MIN_FILES or is_tfds(files):
         return path
     signature = source_signature(kind, files)
     places = prepared_locations(path, cache_dir)
@@ -435,19 +431,15 @@ def ensure_mixed(path, *, seed: int = 0, log: Callable[[str], None] | None = pri
         out = next((p for p in places if _writable(p)), None)
         if out is None:
             raise data.DataError(f"{path} must be converted once to shuffled shards (too few files to mix "
-                                 f"families by reading them interleaved; NSynth's own file is sorted by family), but neither {places[0]} nor {places[1]} can be written. Set {CACHE_ENV} "
-                                 "to a writable folder with room for half the source's size.")
+                                 "families by reading them interleaved; NSynth's own file is sorted by family), but "
+                                 f"neither {places[0]} nor {places[1]} can be written. Set {CACHE_ENV} to a writable "
+                                 "folder with room for half the source's size.")
         if log:
             log(f"{path}: {len(files)} TFRecord file(s), too few to mix the families by reading them interleaved "
                 "(NSynth's own train file is sorted by family); converting once to shuffled int16 shards "
                 f"in {out} (reused next time; if interrupted, the next run resumes).")
         prepare(path, out, shards, seed=seed, overwrite=True, log=log, chunk_notes=chunk_notes)
     return out
-
-
-def _is_tfds(files: list[str]) -> bool:
-    from .tfds_format import is_tfds
-    return is_tfds(files)
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ import glob
 import os
 
 from . import data
+from .atomic import write_text_atomic
 from .evaluate import known_defects
 from .params import FAMILIES, MODEL_NAMES, RECIPE, TrainParams
 from .weights import load_history, weights_path
@@ -160,12 +161,6 @@ def yardsticks_table(weights_dir: str = "weights"):
     return pd.DataFrame(rows).set_index("evaluated on") if rows else pd.DataFrame()
 
 
-def accuracy_at(weights_dir: str, yardstick: str, name: str) -> float | None:
-    """One saved accuracy (for sentences of the report); None when it was not measured."""
-    res = shipped_evaluations(weights_dir).get(yardstick, {}).get(name)
-    return None if res is None else res["accuracy"]
-
-
 PITCH_RANGES = ((0, 20, "below 21 (outside NSynth's range)"), (21, 47, "21-47 (A0-B2)"), (48, 71, "48-71 (C3-B4)"),
                 (72, 95, "72-95 (C5-B6)"), (96, 108, "96-108 (C7-C8)"), (109, 127, "above 108 (outside)"))
 
@@ -203,15 +198,26 @@ def known_defects_note(meta) -> str:
             "below gives each network's accuracy with and without them.")
 
 
-def numbers_paragraph(weights_dir: str, results: dict[str, dict], source: str) -> str:
-    """The Discussion's numbers, as Markdown: this run's accuracy and the saved yardsticks (nothing typed in)."""
-    fmt = lambda r: f"{r['accuracy']:.3f} (95% interval {r['accuracy_ci95'][0]:.2f}-{r['accuracy_ci95'][1]:.2f})"  # noqa: E731
-    here = "; ".join(f"{name} CNN {fmt(r)}" for name, r in results.items())
-    lines = [f"**The numbers.** On {source} ({next(iter(results.values()))['notes']} notes): {here}."]
-    for key, by_net in shipped_evaluations(weights_dir).items():
-        lines.append(f"On the {YARDSTICKS[key]}, {by_net[next(iter(by_net))]['notes']} notes: "
-                     + "; ".join(f"{name} CNN {fmt(r)}" for name, r in by_net.items()) + ".")
-    return " ".join(lines)
+def _accuracy_text(res: dict) -> str:
+    lo, hi = res["accuracy_ci95"]
+    return f"{res['accuracy']:.3f} (95% interval {lo:.2f}-{hi:.2f})"
+
+
+def numbers_paragraph(weights_dir: str, results: dict[str, dict], path: str) -> str:
+    """The Discussion's numbers, as Markdown, read from this run's results and the saved yardsticks (nothing is
+    typed in): the accuracy on ``path`` and, when measured, the real NSynth notes against the corpus test split."""
+    notes = next(iter(results.values()))["notes"]
+    text = (f"**The numbers.** On this run's evaluation data (`{path}`, {notes} notes): "
+            + "; ".join(f"{name} CNN {_accuracy_text(r)}" for name, r in results.items()) + ".")
+    saved = shipped_evaluations(weights_dir)
+    if "real_nsynth" in saved and "corpus_test" in saved:
+        text += (" The yardsticks table under Training puts the saved networks at "
+                 + "; ".join(f"{name} CNN {saved['real_nsynth'][name]['accuracy']:.2f} on the "
+                             f"{saved['real_nsynth'][name]['notes']} real NSynth notes against "
+                             f"{saved['corpus_test'][name]['accuracy']:.2f} on the corpus test split"
+                             for name in results if name in saved["real_nsynth"] and name in saved["corpus_test"])
+                 + ".")
+    return text
 
 
 def results_table(results: dict[str, dict]):
@@ -354,7 +360,9 @@ def export_html(notebook: str = "project1.ipynb", out: str = os.path.join("repor
     """The executed notebook as a report page: outputs only (no code cells, nothing cut off in print), every
     figure with alt text (:data:`FIGURE_ALT`, by the file name its cell saves it to), tables and text fit to the
     page width. Returns ``out``."""
+    import html
     import re
+
     import nbformat
     from nbconvert import HTMLExporter
     nb = nbformat.read(notebook, as_version=4)
@@ -370,13 +378,9 @@ def export_html(notebook: str = "project1.ipynb", out: str = os.path.join("repor
     pieces = re.split(r'<img (?:alt="[^"]*" )?', body)       # nbconvert writes a placeholder alt text
     if len(pieces) - 1 != len(alts):
         raise data.DataError(f"{notebook}: {len(pieces) - 1} images in the page but {len(alts)} image outputs")
-    escape = lambda t: t.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;")   # noqa: E731
-    body = pieces[0] + "".join(f'<img alt="{escape(alt)}" {rest}' for alt, rest in zip(alts, pieces[1:]))
-    body = body.replace("</head>", PRINT_CSS + "\n</head>", 1)
+    body = pieces[0] + "".join(f'<img alt="{html.escape(alt)}" {rest}' for alt, rest in zip(alts, pieces[1:]))
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    with open(out + ".tmp", "w", encoding="utf-8") as fh:
-        fh.write(body)
-    os.replace(out + ".tmp", out)
+    write_text_atomic(out, body.replace("</head>", PRINT_CSS + "\n</head>", 1))
     return out
 
 ZIP_CONTENT = ("project1.ipynb", "README.md", "requirements.txt", "nsynth_cnn", "weights", "data/README.md",

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import shutil
@@ -23,6 +22,7 @@ import time
 import warnings
 
 from . import data, prepare
+from .atomic import replace_atomic, write_json_atomic
 from .params import FAMILIES, MODEL_NAMES, RECIPE, AugmentParams, Stage, TrainParams
 from .weights import WeightsError, history_path, load_history, load_trained, weights_path
 
@@ -275,15 +275,8 @@ def _save_final(model, name: str, out_dir: str, p: TrainParams, aug: AugmentPara
             print(f"{name}: best checkpoint {best} cannot be loaded ({type(err).__name__}: {str(err)[:160]}); "
                   "skipped: saving the last epoch's network instead")
     _save_atomic(final, name, target, p, aug)
-    _write_json_atomic(history_path(out_dir, name), history)
+    write_json_atomic(history_path(out_dir, name), history)
     remove_run_files(out_dir, name)
-
-
-def _write_json_atomic(path: str, obj) -> None:
-    from .checkpoints import replace_atomic
-    with open(path + ".tmp", "w") as fh:
-        json.dump(obj, fh, indent=1)
-    replace_atomic(path + ".tmp", path)
 
 
 def _json_history(csv_path: str) -> dict:
@@ -292,12 +285,6 @@ def _json_history(csv_path: str) -> dict:
         return {}
     df = pd.read_csv(csv_path).drop_duplicates("epoch", keep="last").sort_values("epoch")
     return {c: df[c].tolist() for c in df.columns}
-
-
-def _best_so_far(csv_path: str, monitor: str) -> float | None:
-    """Highest ``monitor`` value in an interrupted run's CSV history (None when there is none)."""
-    values = [v for v in _json_history(csv_path).get(monitor, []) if v == v]      # drop NaN ("NA") entries
-    return max(values, default=None)
 
 
 def EpochSeconds():
@@ -357,7 +344,7 @@ def _save_atomic(model, name: str, path: str, p: TrainParams = TrainParams(),
     from . import models
     clean = models.build_model(name, train=p, aug=aug)
     clean.set_weights(model.get_weights())
-    from .checkpoints import replace_atomic, test_kill_point
+    from .checkpoints import test_kill_point
     tmp = path[:-len(".keras")] + ".tmp.keras"
     clean.save(tmp)
     test_kill_point("final", partial=tmp)

@@ -25,14 +25,17 @@ def test_lr_schedule_warms_up_then_decays_to_one_percent(epochs):
 
 
 def test_best_so_far_reads_an_interrupted_runs_history(tmp_path):
-    """A resumed run keeps the pre-interruption best checkpoint unless a later epoch beats it."""
+    """A run resumed from an old Keras backup keeps the pre-interruption best checkpoint unless a later epoch beats
+    it: the best value comes from its CSV history (checkpoints.best_in_history, NaN/NA-safe)."""
+    from nsynth_cnn.checkpoints import best_in_history, read_csv_rows
     csv_path = tmp_path / "logmel_cnn_history.csv"
-    assert train._best_so_far(str(csv_path), "val_accuracy") is None
+    best = lambda monitor: best_in_history(read_csv_rows(str(csv_path)), monitor)[0]   # noqa: E731
+    assert best("val_accuracy") is None
     csv_path.write_text("epoch,accuracy,val_accuracy\n0,0.4,0.44\n1,0.5,0.57\n2,0.6,0.55\n")
-    assert train._best_so_far(str(csv_path), "val_accuracy") == pytest.approx(0.57)
-    assert train._best_so_far(str(csv_path), "accuracy") == pytest.approx(0.6)
+    assert best("val_accuracy") == pytest.approx(0.57)
+    assert best("accuracy") == pytest.approx(0.6)
     csv_path.write_text("epoch,accuracy,val_accuracy\n0,0.4,NA\n1,0.5,0.51\n")   # an epoch without validation
-    assert train._best_so_far(str(csv_path), "val_accuracy") == pytest.approx(0.51)
+    assert best("val_accuracy") == pytest.approx(0.51)
 
 
 def test_distill_targets_mix_the_label_with_the_softened_teacher():
