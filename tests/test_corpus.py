@@ -259,3 +259,13 @@ def test_fetch_tonejs_without_npm_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(data.DataError, match="npm not found"):
         corpus.fetch_tonejs(str(tmp_path / "tonejs"))
+
+
+def test_default_sources_are_looked_for_beside_the_checkout():
+    """The corpus's default ../shared banks and recordings are found from the checkout that holds the package,
+    wherever the tools live inside it (a move into nsynth_cnn/tools once pointed this at nsynth_cnn/shared)."""
+    from conftest import ROOT, SHARED
+    assert os.path.realpath(corpus.SHARED) == os.path.realpath(SHARED)
+    assert os.path.realpath(corpus.DEFAULT_SAMPLES[0]) == os.path.realpath(SHARED / "samples" / "philharmonia")
+    from nsynth_cnn.tools import bench
+    assert os.path.realpath(bench.REPO_ROOT) == os.path.realpath(ROOT)   # bench's cold-predict PYTHONPATH

@@ -7,3 +7,7 @@
 
 Command line: ``python -m nsynth_cnn.tools {corpus,bench,serve} ...``.
 """
+import os
+
+# the checkout that holds the package (``../shared`` lies beside it); the tools are two folders below it
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -46,6 +46,7 @@ import numpy as np
 from ..params import (AUDIO, FAMILIES, NSYNTH_FAMILY_NAMES, NSYNTH_SOURCE_NAMES, LogMelParams, TrainParams,
                      label_to_nsynth_family)
 from ..weights import weights_path
+from . import REPO_ROOT
 
 FULL_NSYNTH_TRAIN_NOTES = 289_205
 NSYNTH_TEST_NOTES = 4_096
@@ -465,7 +466,7 @@ def section_predict(report: Report, wd: Workdir, args) -> None:
     report.out("\n[predict] single-file latency: cold (new process) and warm (in-process)")
     weights, wav = wd.weights(), wd.wav()
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + (
+    env["PYTHONPATH"] = REPO_ROOT + (
         os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     for model in ("both", *NETWORKS):

@@ -23,6 +23,7 @@ import numpy as np
 
 from ... import data
 from ...params import AUDIO, FAMILIES, nsynth_family_to_label
+from .. import REPO_ROOT
 
 VELOCITIES = (25, 50, 75, 100, 127)
 SPLITS = ("train", "valid", "test")
@@ -103,7 +104,7 @@ DEBIAN_SOUNDFONTS = (
     "/usr/share/sounds/sf3/MuseScore_General.sf3", "/usr/share/sounds/sf2/TimGM6mb.sf2",
     "/usr/share/sounds/sf2/sf_GMbank.sf2", "/usr/share/sounds/sf2/OPL-3_FM_128M.sf2",
 )
-SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared")
+SHARED = os.path.join(REPO_ROOT, "..", "shared")
 DEFAULT_SAMPLES = (os.path.join(SHARED, "samples", "philharmonia"),)
 DEFAULT_SOUNDFONTS = DEBIAN_SOUNDFONTS + (os.path.join(SHARED, "soundfonts"),)
 TEST_SETS = ("FluidR3_GM", "FluidR3Mono_GM", "MuseScore_General")  # held out whole: unseen sample set
