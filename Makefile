@@ -17,27 +17,31 @@ WEIGHTS ?= weights
 EPOCHS ?=
 MODEL ?= both
 
-.PHONY: help setup setup-gpu test train train-gpu evaluate
+.PHONY: help setup setup-user setup-gpu test train train-gpu evaluate
 help:  ## list the targets
 	@grep -E '^[a-z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
 
-setup:  ## install system packages (needs root) and the pinned Python dependencies
+setup:  ## developer machine, as root: Debian packages the tests need + the tested lock CI installs (+ tinysoundfont)
 	apt-get update
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(APT_PACKAGES) $(APT_EXTRA)
-	$(PYTHON) -m pip install -r requirements.txt
+	$(PYTHON) -m pip install -r .ci/requirements-lock.txt
+	$(PYTHON) -m pip install --no-deps -e .
 	$(PYTHON) -m pip install --no-deps tinysoundfont==0.3.7
+
+setup-user:  ## no root: the runtime requirements (ranges; an installed TensorFlow is kept) + the package, dev extras
+	$(PYTHON) -m pip install -r requirements.txt
+	$(PYTHON) -m pip install -e ".[dev]"
 
 test:  ## the test suite (the command README.md and .ci/run use)
 	$(PYTHON) -m pytest -q
 
 TRAIN_ARGS ?=
-train:  ## the shipped recipe (params.RECIPE) on $(TRAIN_DATA), early stopping on $(VALID_DATA); writes $(WEIGHTS)/*_cnn.keras
-	$(PYTHON) -m nsynth_cnn train --train $(TRAIN_DATA) --valid $(VALID_DATA) --out $(WEIGHTS) $(if $(EPOCHS),--epochs $(EPOCHS)) $(TRAIN_ARGS)
+TRAIN_OUT ?= runs/weights
+train:  ## the shipped recipe (params.RECIPE) on $(TRAIN_DATA), early stopping on $(VALID_DATA); writes $(TRAIN_OUT)/*_cnn.keras
+	$(PYTHON) -m nsynth_cnn train --train $(TRAIN_DATA) --valid $(VALID_DATA) --out $(TRAIN_OUT) $(if $(EPOCHS),--epochs $(EPOCHS)) $(TRAIN_ARGS)
 
-setup-gpu:  ## on a CUDA machine: the pinned dependencies with TensorFlow's CUDA build instead of tensorflow-cpu
-	$(PYTHON) -m pip install -r requirements.txt
-	$(PYTHON) -m pip uninstall -y tensorflow-cpu
-	$(PYTHON) -m pip install "tensorflow[and-cuda]==$$(sed -n 's/^tensorflow-cpu==//p' requirements.txt | cut -d' ' -f1)"
+setup-gpu:  ## CUDA machine, no root: TensorFlow's CUDA build (tensorflow[and-cuda], same range) + the runtime requirements
+	$(PYTHON) -m pip install "$$(sed -n 's/^tensorflow\([<>=]\)/tensorflow[and-cuda]\1/p' requirements.txt | cut -d' ' -f1)" -r requirements.txt
 
 train-gpu:  ## `make train` after checking that TensorFlow sees a GPU (mixed precision is then automatic)
 	$(PYTHON) -c "import sys; from nsynth_cnn.train import has_gpu; sys.exit(0 if has_gpu() else 'no GPU visible to TensorFlow: run make setup-gpu on a CUDA machine')"
@@ -90,7 +94,7 @@ sample:  ## rebuild data/nsynth-sample (10 notes per family from the corpus test
 
 WATCH = $(if $(wildcard ../shared/nsynth-real),--watch ../shared/nsynth-real,)
 weights:  ## the shipped weights: `make train` on $(CORPUS) into weights/ (the recipe, seed 1234), then their evaluations
-	$(MAKE) train TRAIN_DATA=$(CORPUS)/train VALID_DATA=$(CORPUS)/valid WEIGHTS=weights EPOCHS= TRAIN_ARGS="$(WATCH)"
+	$(MAKE) train TRAIN_DATA=$(CORPUS)/train VALID_DATA=$(CORPUS)/valid TRAIN_OUT=weights EPOCHS= TRAIN_ARGS="$(WATCH)"
 	$(PYTHON) -m nsynth_cnn evaluate --data $(CORPUS)/test --weights weights --out weights/evaluation_corpus_test.json
 	if [ -d ../shared/nsynth-real ]; then $(PYTHON) -m nsynth_cnn evaluate --data ../shared/nsynth-real --weights weights --out weights/evaluation_real_nsynth.json; fi
 
@@ -100,14 +104,14 @@ notebook:  ## run project1.ipynb top to bottom in place (MODE="evaluate" on data
 	$(PYTHON) -m jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=1800 project1.ipynb
 
 report:  ## the executed notebook as report/project1.html (outputs only, alt text) and report/project1.pdf (via Chromium)
-	$(PYTHON) -c "from nsynth_cnn.report import export_html; print('wrote', export_html('project1.ipynb', 'report/project1.html'))"
+	$(PYTHON) -c "from nsynth_cnn.export import export_html; print('wrote', export_html('project1.ipynb', 'report/project1.html'))"
 	@if command -v chromium >/dev/null 2>&1; then \
 	  chromium --headless --no-sandbox --disable-gpu --no-pdf-header-footer --virtual-time-budget=10000 \
 	    --print-to-pdf=report/project1.pdf report/project1.html 2>/dev/null && echo "wrote report/project1.pdf"; \
 	else echo "chromium not found: PDF skipped (the HTML is complete)"; fi
 
 zip:  ## project1.zip: executed notebook, weights/, nsynth_cnn/, requirements.txt, README.md, data sample, figures
-	$(PYTHON) -c "from nsynth_cnn.report import package_zip; print(len(package_zip('project1.zip')), 'files in project1.zip')"
+	$(PYTHON) -c "from nsynth_cnn.export import package_zip; print(len(package_zip('project1.zip')), 'files in project1.zip')"
 
 # ---- speed and memory (nsynth_cnn/tools/bench.py): side-by-side ratios on generated notes; docs/performance.md
 BENCH_NOTES ?= 2048

@@ -10,16 +10,26 @@ import importlib
 import sys
 
 COMMAND_MODULES = ("nsynth_cnn.train", "nsynth_cnn.evaluate", "nsynth_cnn.predict", "nsynth_cnn.prepare")
+# plain text: --help prints it as it is
+DESCRIPTION = ("The product's commands: train the two networks, evaluate them on NSynth data, predict the family "
+               "of any recording, prepare NSynth's train file for training. The developer tools (corpus "
+               "rendering, benchmark, web page) have their own: python -m nsynth_cnn.tools --help.")
+
+
+def build_parser(prog: str, description: str, modules) -> argparse.ArgumentParser:
+    """The parser of ``prog``: one sub-command per module of ``modules``, each added by its ``add_parser``.
+    ``description`` is plain text (``--help`` prints it as it is)."""
+    ap = argparse.ArgumentParser(prog=prog, description=description)
+    sub = ap.add_subparsers(dest="command", required=True)
+    for name in modules:
+        importlib.import_module(name).add_parser(sub)
+    return ap
 
 
 def run(prog: str, description: str, modules, argv=None) -> int:
     """Parse ``argv`` with the sub-commands of ``modules`` and run one; a :class:`DataError` (bad input, with a
     message saying what to do) is one line on stderr and exit code 2, never a traceback."""
-    ap = argparse.ArgumentParser(prog=prog, description=description)
-    sub = ap.add_subparsers(dest="command", required=True)
-    for name in modules:
-        importlib.import_module(name).add_parser(sub)
-    args = ap.parse_args(argv)
+    args = build_parser(prog, description, modules).parse_args(argv)
     from .schema import DataError
     try:
         return int(args.func(args) or 0)
@@ -32,7 +42,7 @@ def run(prog: str, description: str, modules, argv=None) -> int:
 
 
 def main(argv=None) -> int:
-    return run("python -m nsynth_cnn", __doc__.splitlines()[0], COMMAND_MODULES, argv)
+    return run("python -m nsynth_cnn", DESCRIPTION, COMMAND_MODULES, argv)
 
 
 if __name__ == "__main__":

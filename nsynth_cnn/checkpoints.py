@@ -19,11 +19,8 @@ renamed into place only after the backup of its epoch is committed (a resumed ru
 latest backups are kept: one that does not load (damaged on disk, or from another network) is skipped with a
 message, falling back to the one before, or to a fresh start. Temporary leftovers are removed when a run starts.
 
-Test hook: the environment variable ``NSYNTH_TEST_KILL_DURING`` makes the process SIGKILL itself at a chosen
-moment (tests/test_resume.py), epochs counted from 1 as Keras prints them:
-``epoch:K`` during epoch K (after its first batch); ``backup:K`` / ``best:K`` while the backup / best
-checkpoint of epoch K is written (its temporary file cut to half its size first); ``final`` while the final
-``NAME_cnn.keras`` is written. Unset (the normal case) it does nothing.
+The kill tests (tests/test_resume.py) stop the process at each of these writes through
+:func:`nsynth_cnn.faults.kill_point` (a no-op unless they ask for it).
 """
 from __future__ import annotations
 
@@ -34,16 +31,15 @@ import math
 import os
 import re
 import shutil
-import signal
-import sys
 import zipfile
 
 import keras
 
+from .faults import kill_point
 from .atomic import fsync_file, replace_atomic, write_json_atomic, write_text_atomic
+from .runlock import check_interrupt
 from .weights import history_path
 
-KILL_ENV = "NSYNTH_TEST_KILL_DURING"
 STATE_FORMAT = 1
 KEEP_BACKUPS = 2
 _STATE_RE = re.compile(r"^epoch-(\d+)\.json$")
@@ -57,23 +53,6 @@ def backup_dir(out_dir: str, name: str) -> str:
     return os.path.join(out_dir, f".{name}_cnn.backup")
 
 
-def test_kill_point(what: str, epoch: int | None = None, partial: str | None = None) -> None:
-    """Test hook (see the module docstring): SIGKILL this process when ``NSYNTH_TEST_KILL_DURING`` names this
-    moment, after cutting ``partial`` (a temporary file just written) to half its size."""
-    spec = os.environ.get(KILL_ENV)
-    if not spec:
-        return
-    kind, _, at = spec.partition(":")
-    if kind != what or (at and epoch is not None and int(at) != epoch):
-        return
-    if partial and os.path.isfile(partial):
-        os.truncate(partial, os.path.getsize(partial) // 2)
-    print(f"{KILL_ENV}={spec}: killing the process", flush=True)
-    sys.stderr.flush()
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-test_kill_point.__test__ = False        # not a pytest test
 
 
 def csv_text(rows: list[dict]) -> str:
@@ -285,7 +264,8 @@ class TrainingState(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         if batch == 0:
-            test_kill_point("epoch", self._epoch + 1)
+            kill_point("epoch", self._epoch + 1)
+        check_interrupt()             # a Ctrl-C that Python swallowed (e.g. inside a __del__) stops here
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -298,13 +278,14 @@ class TrainingState(keras.callbacks.Callback):
         if value is not None and not math.isnan(value) and (self.best is None or value > self.best):
             pending = f".{self.name}_cnn.best.e{epoch + 1:04d}.tmp.keras"
             self.model.save(os.path.join(self.out_dir, pending))
-            test_kill_point("best", epoch + 1, os.path.join(self.out_dir, pending))
+            kill_point("best", epoch + 1, os.path.join(self.out_dir, pending))
             fsync_file(os.path.join(self.out_dir, pending))
             self.best, self.best_epoch = value, int(epoch)
         files = self._commit(epoch + 1, pending)
         if pending:
             os.replace(os.path.join(self.out_dir, pending), self.best_file)
         self._prune(files)
+        check_interrupt()             # after the epoch is saved
 
     def _commit(self, done: int, pending: str | None) -> list[str]:
         """Write the backup after ``done`` epochs: weights + optimizer state, then the state file naming them."""
@@ -312,7 +293,7 @@ class TrainingState(keras.callbacks.Callback):
         weights = f"epoch-{done:04d}.weights.h5"
         tmp = os.path.join(self.backup, f"epoch-{done:04d}.tmp.weights.h5")
         self.model.save_weights(tmp)                  # the model's variables and its optimizer's
-        test_kill_point("backup", done, tmp)
+        kill_point("backup", done, tmp)
         replace_atomic(tmp, os.path.join(self.backup, weights))
         es = self.early_stopping
         state = {"format": STATE_FORMAT, "model": self.name, "epochs_done": done, "weights": weights,

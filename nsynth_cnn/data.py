@@ -20,13 +20,11 @@ import numpy as np
 
 from . import schema, shards
 from .atomic import write_json_atomic
-from .audio import (MAX_DECODE_SECONDS, SILENCE_PEAK, AudioWarning, fit_length,  # noqa: F401 (re-exported)
-                    load_audio)
+from .audio import load_audio
 from .params import (AUDIO, NSYNTH_FAMILY_NAMES, NSYNTH_QUALITY_NAMES, NSYNTH_SOURCE_NAMES,
-                     NUM_CLASSES, SYNTH_LEAD_ID)
-from .schema import (INT_FEATURES, LEAN_FIELDS, META_KEYS, STR_FEATURES, DataError,  # noqa: F401 (re-exported)
-                     element_from_parsed, element_signature, feature_spec, metadata_element, parse_serialized,
-                     tensorflow)
+                     NUM_CLASSES, SYNTH_LEAD_ID, nsynth_family_to_label)
+from .schema import (INT_FEATURES, LEAN_FIELDS, STR_FEATURES, DataError, element_signature, metadata_element,
+                     parse_serialized, tensorflow)
 
 
 # ----------------------------------------------------------------------------------------------- sources
@@ -85,11 +83,11 @@ def record_dataset(files: list[str], *, parallel_reads: int | None = None, shuff
     """The serialized records of ``files`` (not parsed), read interleaved; with ``shuffle_seed`` in
     shuffled file order and without a fixed output order."""
     tf = tensorflow()
-    files_ds = tf.data.Dataset.from_tensor_slices(files)
+    files_ds = tf.data.Dataset.from_tensor_slices((files, [compression_type(f) for f in files]))
     if shuffle_seed is not None:
         files_ds = files_ds.shuffle(len(files), seed=shuffle_seed)
     return files_ds.interleave(
-        lambda f: tf.data.TFRecordDataset(f, compression_type=_compression(f), buffer_size=8 << 20),
+        lambda f, compression: tf.data.TFRecordDataset(f, compression_type=compression, buffer_size=8 << 20),
         cycle_length=parallel_reads or min(len(files), 16 if shuffle_seed is not None else 8), block_length=1,
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=shuffle_seed is None)
 
@@ -109,9 +107,52 @@ def source_parser(files: list[str]):
     return record_parser(files)
 
 
-def _compression(filename) -> str:
-    tf = tensorflow()
-    return tf.where(tf.strings.regex_full_match(filename, r".*\.gz"), "GZIP", "")
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def compression_type(path: str) -> str:
+    """``"GZIP"`` when the file starts with gzip's magic bytes (1f 8b), whatever its name, else ``""``: every
+    reader opens a TFRecord with this. An uncompressed TFRecord whose first record length happens to start with
+    those bytes is told apart by the checksum of that length (bytes 8-11; a gzip header holds no such thing)."""
+    head = _head(path, 12) or b""
+    if not head.startswith(GZIP_MAGIC):
+        return ""
+    return "" if len(head) == 12 and int.from_bytes(head[8:], "little") == _masked_crc32c(head[:8]) else "GZIP"
+
+
+def _masked_crc32c(blob: bytes) -> int:
+    """TFRecord's masked CRC-32C (Castagnoli) of a few bytes (its record headers)."""
+    crc = 0xFFFFFFFF
+    for byte in blob:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    crc ^= 0xFFFFFFFF
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def note_audio(wav: str, where: str) -> np.ndarray:
+    """The samples of a JSON+wav note as its file holds them (float32, mono), not padded or trimmed, so that
+    :func:`schema.metadata_element` checks them as the TFRecord readers check theirs (64,000 samples, finite;
+    the same messages). A wav at NSynth's 16 kHz is read as it is (several channels averaged); a file at another
+    rate is checked for 4 s and NaN/inf samples, then resampled by :func:`load_audio`, which also reports files
+    that cannot be decoded."""
+    import soundfile as sf
+    try:
+        with sf.SoundFile(wav) as snd:
+            rate, frames = snd.samplerate, snd.frames
+            if round(frames * AUDIO.sample_rate_hz / rate) != AUDIO.num_samples:
+                raise schema.length_error(where, round(frames * AUDIO.sample_rate_hz / rate))
+            audio = snd.read(frames, dtype="float32", always_2d=True).mean(axis=1)
+    except DataError:
+        raise
+    except Exception:  # noqa: BLE001 - not a file libsndfile reads: load_audio says why, or decodes it
+        return load_audio(wav, context="NSynth note")
+    if rate == AUDIO.sample_rate_hz:
+        return audio
+    if not np.all(np.isfinite(audio)):
+        raise schema.nonfinite_error(where)
+    return load_audio(wav, context="NSynth note")
 
 
 def _read_notes_csv(path: str) -> dict:
@@ -132,6 +173,7 @@ def _read_notes_csv(path: str) -> dict:
         note, fam = str(row["note_str"]), row["instrument_family_str"]
         src = row.get("instrument_source_str", "acoustic")
         where = f"{path} line {line}: note {note}"
+        schema.require_fields(row, ("instrument_family_str", "pitch", "velocity"), where)   # empty cells
         if fam not in NSYNTH_FAMILY_NAMES:
             raise schema.family_error(where, fam, key="instrument_family_str")
         if src not in NSYNTH_SOURCE_NAMES:
@@ -146,7 +188,8 @@ def _read_notes_csv(path: str) -> dict:
             "note_str": note, "instrument_str": note.rsplit("-", 2)[0], "pitch": pitch,
             "velocity": velocity, "sample_rate": AUDIO.sample_rate_hz,
             "instrument_family": NSYNTH_FAMILY_NAMES.index(fam), "instrument_family_str": fam,
-            "instrument_source": NSYNTH_SOURCE_NAMES.index(src), "instrument_source_str": src}
+            "instrument_source": NSYNTH_SOURCE_NAMES.index(src), "instrument_source_str": src,
+            "note": 0, "instrument": 0, "qualities": [0] * len(NSYNTH_QUALITY_NAMES)}      # not in notes.csv
     return meta
 
 
@@ -164,28 +207,56 @@ def read_examples_json(folder: str) -> dict:
     return meta
 
 
-def jsonwav_records(folder: str, shuffle_seed=None) -> Iterator[dict]:
-    """Elements (numpy) from an NSynth JSON+wav folder, synth_lead dropped: in note_str order (deterministic,
-    for evaluation) or, with ``shuffle_seed`` (an int or a sequence of ints), in a seeded random order. The
-    note_str order is sorted by family, so training needs the shuffled order (the metadata is in memory, so
-    shuffling the note list costs nothing)."""
+def _jsonwav_listing(folder: str) -> tuple[str, dict, list[str | None]]:
+    """``(listing, meta, notes)`` of a JSON+wav folder: the file that lists its notes (examples.json or
+    notes.csv), their metadata by note_str, and every note_str in sorted order (``None`` for synth_lead notes,
+    which readers drop). Each note's metadata is checked to be an object with an NSynth family, before any audio
+    is read."""
     meta = read_examples_json(folder)
-    order = sorted(meta)
-    if shuffle_seed is not None:
-        order = [order[i] for i in np.random.default_rng(shuffle_seed).permutation(len(order))]
     listing = os.path.join(folder, "examples.json" if os.path.isfile(os.path.join(folder, "examples.json"))
                            else "notes.csv")
-    for note_str in order:
+    notes = []
+    for note_str in sorted(meta):
         m = meta[note_str]
         where = f"{listing}: note {note_str}"
         if not isinstance(m, dict):
             raise DataError(f"{where}: expected an object of NSynth metadata, found {type(m).__name__}.")
-        if schema.check_family(m.get("instrument_family"), where) == SYNTH_LEAD_ID:
-            continue
-        wav = os.path.join(folder, "audio", f"{note_str}.wav")
-        if not os.path.isfile(wav):
-            raise DataError(f"{wav} is listed in examples.json but missing. Re-extract the archive.")
-        yield metadata_element(m, load_audio(wav, context="NSynth note"), where=where)
+        notes.append(None if schema.check_family(m.get("instrument_family"), where) == SYNTH_LEAD_ID else note_str)
+    return listing, meta, notes
+
+
+def _jsonwav_order(notes: list[str | None], shuffle_seed=None) -> list[str]:
+    """The note_strs to read, synth_lead dropped: sorted, or with ``shuffle_seed`` in the seeded permutation of
+    all the notes (the order the reader has always used)."""
+    if shuffle_seed is not None:
+        notes = [notes[i] for i in np.random.default_rng(shuffle_seed).permutation(len(notes))]
+    return [n for n in notes if n is not None]
+
+
+def _jsonwav_wav(folder: str, note_str: str) -> str:
+    """The wav file of a listed note; a :class:`DataError` when it is missing."""
+    wav = os.path.join(folder, "audio", f"{note_str}.wav")
+    if not os.path.isfile(wav):
+        raise DataError(f"{wav} is listed in examples.json but missing. Re-extract the archive.")
+    return wav
+
+
+def _jsonwav_element(folder: str, listing: str, meta: dict, note_str: str) -> dict:
+    """One note's element (numpy): its wav decoded, its metadata checked."""
+    wav = _jsonwav_wav(folder, note_str)
+    where = f"{listing}: note {note_str}"
+    return metadata_element(meta[note_str], note_audio(wav, where), where=where)
+
+
+def jsonwav_records(folder: str, shuffle_seed=None) -> Iterator[dict]:
+    """Elements (numpy) from an NSynth JSON+wav folder, synth_lead dropped: in note_str order (deterministic,
+    for evaluation) or, with ``shuffle_seed`` (an int or a sequence of ints), in a seeded random order. The
+    note_str order is sorted by family, so training needs the shuffled order (the metadata is in memory, so
+    shuffling the note list costs nothing). One note at a time in this thread; :func:`jsonwav_dataset` reads
+    the same notes in the same order, in parallel."""
+    listing, meta, notes = _jsonwav_listing(folder)
+    for note_str in _jsonwav_order(notes, shuffle_seed):
+        yield _jsonwav_element(folder, listing, meta, note_str)
 
 
 def jsonwav_dataset(folder: str, shuffle_seed: int | None = None):
@@ -193,14 +264,34 @@ def jsonwav_dataset(folder: str, shuffle_seed: int | None = None):
 
     Without ``shuffle_seed``: note_str order (evaluation). With it (training): a new seeded permutation of the
     notes on every pass over the dataset (epoch ``k`` uses seed ``[shuffle_seed, k]``), so family-sorted
-    folders come out mixed even through a small shuffle buffer."""
+    folders come out mixed even through a small shuffle buffer. The notes are listed (and their metadata
+    checked) when the dataset is made; their wavs are decoded in parallel (``num_parallel_calls``: libsndfile
+    and the file reads release the GIL) and come out in the listed order, the order of :func:`jsonwav_records`.
+    A missing or bad wav raises its :class:`DataError` (wrapped by tf.data; :func:`iterate` unwraps it)."""
     tf = tensorflow()
-    sig = element_signature()
+    listing, meta, notes = _jsonwav_listing(folder)
+    names_sig = tf.TensorSpec([None], tf.string)
     if shuffle_seed is None:
-        return tf.data.Dataset.from_generator(lambda: jsonwav_records(folder), output_signature=sig)
-    epochs = itertools.count()
-    return tf.data.Dataset.from_generator(
-        lambda: jsonwav_records(folder, shuffle_seed=[int(shuffle_seed), next(epochs)]), output_signature=sig)
+        order = [n.encode() for n in _jsonwav_order(notes)]
+        names = tf.data.Dataset.from_tensors(tf.constant(order, tf.string, shape=[len(order)]))
+    else:
+        epochs = itertools.count()      # the generator is called again on every pass: one permutation per epoch
+        names = tf.data.Dataset.from_generator(
+            lambda: iter([np.array([n.encode() for n in _jsonwav_order(notes, [int(shuffle_seed), next(epochs)])],
+                                   dtype=object)]), output_signature=names_sig)
+    sig = element_signature()
+    keys = list(sig)
+
+    def load(name):
+        e = _jsonwav_element(folder, listing, meta, name.decode())
+        return [np.asarray(e[k], sig[k].dtype.as_numpy_dtype) for k in keys]
+
+    def decode(name):
+        values = tf.numpy_function(load, [name], [sig[k].dtype for k in keys], stateful=False)
+        for k, v in zip(keys, values):
+            v.set_shape(sig[k].shape)
+        return dict(zip(keys, values))
+    return names.unbatch().map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def nsynth_dataset(path):
@@ -248,24 +339,15 @@ def _tf_detail(msg: str) -> str:
 def translate_tf_error(err: Exception, source) -> DataError:
     """Turn TensorFlow's low-level read/parse errors into a DataError that says what to do.
 
-    The whole message is searched (the specific causes come late in it) before it is cut for display; when the
-    bytes themselves cannot be read, the files are looked at to tell audio files and mis-named ``.gz`` files
-    (which downloading again would not fix) from damaged TFRecords."""
+    The whole message is searched (the specific causes come late in it) before it is cut for display; the notes
+    every reader rejects get :func:`schema.error_from_tf`'s messages; when the bytes themselves cannot be read, the
+    files are looked at to tell audio files (which downloading again would not fix) from damaged TFRecords."""
     full = str(err).strip()
     msg = _tf_detail(full) if full else type(err).__name__
     lower = full.lower()
-    if schema.FAMILY_ASSERT_TAG in full:
-        # "assertion failed: [TAG] [value:] [99 ...] [note_str:] [name ...]" (see schema.element_from_parsed)
-        value = re.search(r"\[value:\] \[(-?\d+)", full)
-        note = re.search(r"\[note_str:\] \[([^\]\s]+)", full)
-        where = f"{source}: note {note.group(1)}" if note else f"{source}: a note"
-        return schema.family_error(where, int(value.group(1)) if value else "out of range")
-    if "key: audio" in lower or "feature: audio" in lower or "audio" in lower and "shape" in lower:
-        size = re.search(r"values size: (\d+)", lower)
-        have = f"has {size.group(1)} samples" if size else "does not have the expected length"
-        return DataError(f"{source}: a record's audio {have}, not {AUDIO.num_samples} (NSynth notes are 4 s at "
-                         f"16 kHz) ({msg}). Pad or trim each note to 4 s (data.fit_length) and rewrite the data "
-                         "with nsynth_cnn.data.write_tfrecord.")
+    contract = schema.error_from_tf(full, source)     # a note every reader rejects, with the same message
+    if contract is not None:
+        return contract
     if "corrupted record" in lower or "DataLoss" in type(err).__name__ or "truncated" in lower \
             or "inflate" in lower:
         files = _files_of(source)
@@ -276,10 +358,6 @@ def translate_tf_error(err: Exception, source) -> DataError:
             return DataError(f"{source}: {what}, not NSynth data; use `python -m nsynth_cnn "
                              f"predict FILE` to classify recordings, or pass an NSynth TFRecord/JSON+wav folder "
                              "as --data.")
-        for f in files:
-            if f.endswith(".gz") and _head(f, 2) not in (b"\x1f\x8b", None):
-                return DataError(f"{f}: the name ends in .gz but the file is not gzip-compressed; rename it "
-                                 "without .gz (a .gz name makes it read as compressed).")
         return DataError(f"{source}: a TFRecord is corrupt or truncated ({msg}). Download that file again "
                          "(compare its size/checksum with the original).")
     return DataError(f"{source}: cannot read this as NSynth data ({msg}). Is it an NSynth TFRecord "
@@ -390,7 +468,8 @@ def _fits_in_ram(kind: str, files: list[str], fraction: float = 0.5) -> bool:
 
 
 def label_counts(path) -> np.ndarray:
-    """Notes per class. Uses ``stats.json`` beside the data when present (written by corpus/prepare)."""
+    """Notes per class. Uses ``stats.json`` beside the data when present (written by corpus/prepare); for a
+    JSON+wav folder the families in examples.json / notes.csv (no audio decoded); otherwise reads the labels."""
     kind, files = resolve_source(path)
     stats = os.path.join(os.path.dirname(files[0]) if kind == "tfrecord" else files[0], "stats.json")
     if os.path.isfile(stats):
@@ -398,6 +477,14 @@ def label_counts(path) -> np.ndarray:
             counts = json.load(fh).get("label_counts")
         if counts and len(counts) == NUM_CLASSES:
             return np.asarray(counts, np.int64)
+    if kind == "jsonwav":       # the families are in the listing: no wav is decoded, each is only looked for
+        folder = files[0]
+        _, meta, notes = _jsonwav_listing(folder)
+        kept = [n for n in notes if n is not None]
+        for note_str in kept:
+            _jsonwav_wav(folder, note_str)
+        labels = [nsynth_family_to_label(int(meta[n]["instrument_family"])) for n in kept]
+        return np.bincount(np.asarray(labels, np.int64), minlength=NUM_CLASSES).astype(np.int64)
     ds = nsynth_dataset(path).map(lambda e: e["label"])
     counts = np.zeros(NUM_CLASSES, np.int64)
     for lab in iterate(ds.batch(4096), path):
@@ -440,12 +527,13 @@ def _ints(vs):
 
 
 def serialize_note(meta: Mapping[str, Any], audio: np.ndarray) -> bytes:
-    """One NSynth-schema tf.train.Example. ``meta`` uses NSynth's JSON keys (see :func:`note_metadata`)."""
+    """One NSynth-schema tf.train.Example, serialized deterministically. ``meta`` uses NSynth's JSON keys (see
+    :func:`note_metadata`)."""
     tf = tensorflow()
     audio = np.asarray(audio, np.float32)
     if audio.shape != (AUDIO.num_samples,):
         raise DataError(f"note {meta.get('note_str')}: audio has shape {audio.shape}, expected "
-                        f"({AUDIO.num_samples},). Pad/trim to 4 s at 16 kHz first (data.fit_length).")
+                        f"({AUDIO.num_samples},). Pad/trim to 4 s at 16 kHz first (nsynth_cnn.audio.fit_length).")
     q = np.asarray(meta.get("qualities", [0] * len(NSYNTH_QUALITY_NAMES)), np.int64)
     feats = {k: _ints(meta[k]) for k in INT_FEATURES}
     feats.update({k: _bytes(meta[k]) for k in STR_FEATURES})
@@ -453,7 +541,8 @@ def serialize_note(meta: Mapping[str, Any], audio: np.ndarray) -> bytes:
     feats["qualities"] = _ints(q)
     names = [n for n, on in zip(NSYNTH_QUALITY_NAMES, q) if on]
     feats["qualities_str"] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[n.encode() for n in names]))
-    return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString()
+    # deterministic: map order fixed, so the same notes give the same bytes in every process
+    return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString(deterministic=True)
 
 
 def note_metadata(*, family: str, source: str, instrument: int, pitch: int, velocity: int,
@@ -475,7 +564,8 @@ def note_metadata(*, family: str, source: str, instrument: int, pitch: int, velo
 
 
 def write_tfrecord(path: str, notes: Iterable[tuple[Mapping[str, Any], np.ndarray]]) -> int:
-    """Write ``(meta, audio)`` pairs as an NSynth-schema TFRecord, atomically. Returns the count."""
+    """Write ``(meta, audio)`` pairs as an NSynth-schema TFRecord, atomically. Returns the count. The same notes
+    give the same bytes in any process (:func:`serialize_note` is deterministic)."""
     tf = tensorflow()
     tmp = f"{path}.tmp"
     n = 0

@@ -14,8 +14,8 @@ import os
 
 import numpy as np
 
-from . import data
-from .weights import WeightsError, load_trained  # noqa: F401 (re-exported for the notebook)
+from . import data, schema
+from .weights import file_sha256, load_trained, weights_path
 from .params import FAMILIES, NUM_CLASSES
 
 
@@ -47,7 +47,7 @@ def predict_source(model, path, batch_size: int = 64, keep_audio: bool = False,
         if keep_audio:
             audio.append(batch["audio"])
     if not probs:
-        raise data.DataError(f"{path}: no notes to evaluate (empty, or only synth_lead notes).")
+        raise schema.DataError(f"{path}: no notes to evaluate (empty, or only synth_lead notes).")
     meta = {k: np.concatenate([m[k] for m in metas]) for k in keys}
     for k in ("note_str", "instrument_str", "instrument_source_str"):
         meta[k] = np.array([s.decode() if isinstance(s, bytes) else s for s in meta[k]])
@@ -117,26 +117,43 @@ def paired_comparison(labels: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray
             "mcnemar_exact_p": float(p)}
 
 
+def weights_file(name: str, weights_dir: str) -> dict:
+    """Which saved network an evaluation used: its path and SHA-256 (recorded in every evaluation JSON)."""
+    path = weights_path(weights_dir, name)
+    return {"path": path, "sha256": file_sha256(path)}
+
+
 def evaluate(name: str, path, weights_dir: str = "weights", batch_size: int = 64,
              compare_dir: str | None = None) -> dict:
+    """``name``'s network in ``weights_dir`` on every note of ``path``: :func:`metrics`, the weights file used
+    (path, SHA-256) and, with ``compare_dir``, the paired comparison with that folder's network."""
     model = load_trained(name, weights_dir)
+    used = weights_file(name, weights_dir)
     pred = predict_source(model, path, batch_size)
-    res = {"model": name, "data": str(path), **metrics(pred.labels, pred.probs, pred.meta)}
+    res = {"model": name, "data": str(path), "weights_file": used, **metrics(pred.labels, pred.probs, pred.meta)}
     if compare_dir:
-        other = predict_source(load_trained(name, compare_dir), path, batch_size)
+        other_model = load_trained(name, compare_dir)
+        other_used = weights_file(name, compare_dir)
+        other = predict_source(other_model, path, batch_size)
         order = {n: i for i, n in enumerate(other.meta["note_str"])}      # pair the notes by name, not by position
         if len(order) != len(pred.labels) or set(order) != set(pred.meta["note_str"]):
-            raise data.DataError(f"{path}: the second pass read other notes than the first (or note names repeat); "
+            raise schema.DataError(f"{path}: the second pass read other notes than the first (or note names repeat); "
                                  "--compare needs a source whose notes have unique names.")
         other_pred = other.predicted[[order[n] for n in pred.meta["note_str"]]]
-        res["paired"] = {"weights": str(compare_dir), "accuracy": float((other_pred == pred.labels).mean()),
+        res["paired"] = {"weights": str(compare_dir), "weights_file": other_used,
+                         "accuracy": float((other_pred == pred.labels).mean()),
                          **paired_comparison(pred.labels, pred.predicted, other_pred)}
     return res
 
 
 def add_parser(sub):
-    ap = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix on NSynth data")
-    ap.add_argument("--model", default="both", choices=("waveform", "logmel", "both"))
+    ap = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix on NSynth data",
+                        description="Run the saved networks over NSynth notes (streamed, any size): accuracy with "
+                                    "its 95% interval, balanced and per-family accuracy, confusion matrix, accuracy "
+                                    "with and without NSynth's known defective notes; printed and written as JSON. "
+                                    "--compare pairs two weight folders on the same notes.")
+    ap.add_argument("--model", default="both", choices=("waveform", "logmel", "both"),
+                    help="which saved network to evaluate (default: both)")
     ap.add_argument("--data", required=True, help="TFRecord file, glob of them, or JSON+wav folder")
     ap.add_argument("--weights", default="weights", help="folder holding <model>_cnn.keras")
     ap.add_argument("--out", default=None, help="JSON file (default: evaluation_<model>.json)")
@@ -159,15 +176,15 @@ def _main(args):
     out = args.out or f"evaluation_{args.model}.json"
     folder = os.path.dirname(os.path.abspath(out))
     if os.path.isdir(out):
-        raise data.DataError(f"--out {out!r} is a folder; give a file name, e.g. "
+        raise schema.DataError(f"--out {out!r} is a folder; give a file name, e.g. "
                              f"{os.path.join(out, 'evaluation.json')}.")
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as err:
-        raise data.DataError(f"--out {out!r}: cannot create its folder {folder} ({err.strerror or err}); choose "
+        raise schema.DataError(f"--out {out!r}: cannot create its folder {folder} ({err.strerror or err}); choose "
                              "another --out.") from None
     if not os.access(folder, os.W_OK) or (os.path.exists(out) and not os.access(out, os.W_OK)):
-        raise data.DataError(f"--out {out!r}: cannot write there ({folder} is not writable); choose another --out.")
+        raise schema.DataError(f"--out {out!r}: cannot write there ({folder} is not writable); choose another --out.")
     results = {}
     for name in names:
         res = evaluate(name, args.data, args.weights, args.batch_size, args.compare)

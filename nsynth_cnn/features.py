@@ -3,18 +3,49 @@
 Every layer is written with ``keras.ops`` only, has a ``get_config`` and is registered for serialisation,
 so a saved model loads under the TensorFlow, JAX and PyTorch backends after ``import nsynth_cnn``.
 Shapes are given as (batch, ...) in each docstring.
+
+The layers own their math, not their settings: every tunable number is a required constructor argument, and
+the models build the layers from :mod:`nsynth_cnn.params` (``models.log_mel_layer`` and its neighbours), the
+one place for their values. Only numerical guards (the floors below) are constants here.
 """
 from __future__ import annotations
+
+import math
 
 import keras
 import numpy as np
 from keras import ops
 
 PACKAGE = "nsynth_cnn"
+PEAK_FLOOR = 1e-4        # a waveform whose peak is below this (-80 dBFS) is divided by this instead: no 0/0
+POWER_FLOOR = 1e-10      # band power floor before the log (-100 dB): silence gives a finite image
 
 
 def _register(cls):
     return keras.saving.register_keras_serializable(package=PACKAGE)(cls)
+
+
+class _OldConfigs:
+    """Loads layers saved before some of their constructor arguments existed: ``OLD_CONFIG`` holds the values
+    those files' layers had (fixed history, not defaults; a new layer is given every setting)."""
+    OLD_CONFIG: dict = {}
+
+    @classmethod
+    def from_config(cls, config):
+        return super().from_config({**cls.OLD_CONFIG, **config})
+
+
+def image_db_per_unit(top_db: float) -> float:
+    """dB per unit of the log image: ``[-top_db, 0] dB`` spans ``[-1, 1]``."""
+    return top_db / 2.0
+
+
+def peak_relative_image(power, top_db: float):
+    """(batch, a, b) band power -> the log image both front ends make: dB relative to *each example's* peak
+    (over both axes), floored at ``-top_db`` and mapped ``[-top_db, 0] dB -> [-1, 1]``."""
+    db = 10.0 * ops.log10(ops.maximum(power, POWER_FLOOR))
+    db = ops.maximum(db - ops.max(db, axis=(1, 2), keepdims=True), -top_db)
+    return db / image_db_per_unit(top_db) + 1.0
 
 
 # ----------------------------------------------------------------------------------------------- front ends
@@ -22,7 +53,7 @@ def _register(cls):
 class PeakNormalize(keras.layers.Layer):
     """(batch, samples) -> same; divides each waveform by its peak so loudness/gain cannot be a cue."""
 
-    def __init__(self, epsilon: float = 1e-4, **kwargs):
+    def __init__(self, epsilon: float = PEAK_FLOOR, **kwargs):
         super().__init__(**kwargs)
         self.epsilon = epsilon
 
@@ -53,8 +84,7 @@ class AntiAliasDownsample(keras.layers.Layer):
     """
     POLY_BLOCK = 16
 
-    def __init__(self, factor: int, num_taps: int = 63, cutoff_ratio: float = 0.9,
-                 kaiser_beta: float = 8.0, **kwargs):
+    def __init__(self, factor: int, num_taps: int, cutoff_ratio: float, kaiser_beta: float, **kwargs):
         super().__init__(**kwargs)
         self.factor, self.num_taps = int(factor), int(num_taps)
         self.cutoff_ratio, self.kaiser_beta = float(cutoff_ratio), float(kaiser_beta)
@@ -98,14 +128,13 @@ class LogMelSpectrogram(keras.layers.Layer):
     """(batch, samples) -> (batch, frames, mel_bins, 1): log-mel image scaled to about [-1, 1].
 
     Power mel spectrogram from ``keras.layers.MelSpectrogram`` (Hann window, centred frames, HTK mel
-    scale), then dB relative to *each example's* peak, floored at ``-top_db`` and mapped
-    ``[-top_db, 0] dB -> [-1, 1]``. (Keras' own dB option uses one maximum for the whole batch, which
-    would make a note's features depend on its batch mates.)
+    scale), then :func:`peak_relative_image`: dB relative to *each example's* peak, floored at ``-top_db``
+    and mapped ``[-top_db, 0] dB -> [-1, 1]``. (Keras' own dB option uses one maximum for the whole batch,
+    which would make a note's features depend on its batch mates.)
     """
 
-    def __init__(self, sample_rate: int = 16000, fft_length: int = 1024, window_length: int = 1024,
-                 hop_length: int = 256, num_mel_bins: int = 96, min_hz: float = 30.0,
-                 max_hz: float = 8000.0, top_db: float = 80.0, **kwargs):
+    def __init__(self, sample_rate: int, fft_length: int, window_length: int, hop_length: int,
+                 num_mel_bins: int, min_hz: float, max_hz: float, top_db: float, **kwargs):
         super().__init__(**kwargs)
         self.sample_rate, self.fft_length, self.window_length = sample_rate, fft_length, window_length
         self.hop_length, self.num_mel_bins = hop_length, num_mel_bins
@@ -121,10 +150,7 @@ class LogMelSpectrogram(keras.layers.Layer):
 
     def call(self, x):
         power = self.mel(ops.cast(x, "float32"))              # (batch, mel, frames)
-        db = 10.0 * ops.log10(ops.maximum(power, 1e-10))
-        db = db - ops.max(db, axis=(1, 2), keepdims=True)
-        db = ops.maximum(db, -self.top_db)
-        img = ops.transpose(db / (self.top_db / 2.0) + 1.0, (0, 2, 1))
+        img = ops.transpose(peak_relative_image(power, self.top_db), (0, 2, 1))
         return ops.cast(ops.expand_dims(img, -1), self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
@@ -159,25 +185,27 @@ def gabor_kernels(num_bands: int, kernel_size: int, sample_rate: int, min_hz: fl
 
 
 @_register
-class GaborFilterbank(keras.layers.Layer):
+class GaborFilterbank(_OldConfigs, keras.layers.Layer):
     """(batch, samples, 1) -> (batch, frames, bands, 1): learnable mel-initialised filterbank, as a log image.
 
     A strided convolution with ``num_bands`` cosine/sine kernel pairs (initialised as mel-spaced Gabor
     filters, see :func:`gabor_kernels`, then trained), energy re^2 + im^2 per band, mean over ``pool``
-    frames, then dB relative to each example's peak, floored at ``-top_db`` and mapped to [-1, 1] - the same
-    scale as :class:`LogMelSpectrogram`, so the same spectral augmentations apply. The raw-waveform network's
-    own learned counterpart of a log-mel front end (in the spirit of SincNet/LEAF).
+    frames, then :func:`peak_relative_image` (dB relative to each example's peak, floored at ``-top_db``,
+    mapped to [-1, 1]) - the same scale as :class:`LogMelSpectrogram`, so the same spectral augmentations
+    apply. The raw-waveform network's own learned counterpart of a log-mel front end (in the spirit of
+    SincNet/LEAF).
 
     ``kernel_scale``: the filters are ``kernel_scale * weight``. Adam moves every weight by about the learning
     rate per step whatever its size, and the Gabor taps are ~0.005, so trained directly (``kernel_scale=1``, the
     layer of run r8 and earlier) they lose their band-pass shape within an epoch (r8's: median correlation 0.37
     with the initial filters, a quarter of their energy left near their peak frequency). A small scale stores
-    the taps as large weights, which slows their learning by the same factor.
+    the taps as large weights, which slows their learning by the same factor. Files saved before the setting
+    existed load with 1.0, the layer they were trained with.
     """
+    OLD_CONFIG = {"kernel_scale": 1.0}
 
-    def __init__(self, num_bands: int = 64, kernel_size: int = 256, stride: int = 32, pool: int = 4,
-                 sample_rate: int = 8000, min_hz: float = 30.0, max_hz: float = 3900.0, top_db: float = 80.0,
-                 kernel_scale: float = 1.0, **kwargs):
+    def __init__(self, num_bands: int, kernel_size: int, stride: int, pool: int, sample_rate: int,
+                 min_hz: float, max_hz: float, top_db: float, kernel_scale: float, **kwargs):
         super().__init__(**kwargs)
         self.num_bands, self.kernel_size, self.stride, self.pool = num_bands, kernel_size, stride, pool
         self.sample_rate, self.min_hz, self.max_hz, self.top_db = sample_rate, min_hz, max_hz, top_db
@@ -199,9 +227,8 @@ class GaborFilterbank(keras.layers.Layer):
         frames = (ops.shape(power)[1] // self.pool) * self.pool
         power = ops.mean(ops.reshape(power[:, :frames], (-1, frames // self.pool, self.pool, self.num_bands)),
                          axis=2)
-        db = 10.0 * ops.log10(ops.maximum(power, 1e-10))
-        db = ops.maximum(db - ops.max(db, axis=(1, 2), keepdims=True), -self.top_db)
-        return ops.cast(ops.expand_dims(db / (self.top_db / 2.0) + 1.0, -1), self.compute_dtype)
+        img = peak_relative_image(power, self.top_db)
+        return ops.cast(ops.expand_dims(img, -1), self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
         n = input_shape[1]
@@ -216,7 +243,7 @@ class GaborFilterbank(keras.layers.Layer):
 
 
 # ----------------------------------------------------------------------------------------------- augmentation
-class _RandomLayer(keras.layers.Layer):
+class _RandomLayer(_OldConfigs, keras.layers.Layer):
     """Base for training-only random layers: identity unless ``training`` is true."""
 
     def __init__(self, seed: int | None = None, **kwargs):
@@ -255,25 +282,32 @@ class RandomTimeShift(_RandomLayer):
 
 @_register
 class RandomTilt(_RandomLayer):
-    """(batch, samples): random first-order EQ y[t] = x[t] + a*x[t-1], a ~ U(-0.9, 0.9) per note.
+    """(batch, samples): random first-order EQ y[t] = x[t] + a*x[t-1], a ~ U(-max_coef, max_coef) per note.
 
     a > 0 darkens (low shelf up), a < 0 brightens: cheap stand-in for microphone/room colouration,
     the main difference between SoundFont renders and NSynth recordings. Peak is renormalised after.
     """
+    OLD_CONFIG = {"max_coef": 0.9}
+
+    def __init__(self, max_coef: float, **kwargs):
+        super().__init__(**kwargs)
+        self.max_coef = float(max_coef)
 
     def augment(self, x):
-        a = keras.random.uniform((ops.shape(x)[0], 1), -0.9, 0.9, seed=self.seed_generator)
+        a = keras.random.uniform((ops.shape(x)[0], 1), -self.max_coef, self.max_coef, seed=self.seed_generator)
         prev = ops.pad(x[:, :-1], ((0, 0), (1, 0)))
         y = x + a * prev
-        return y / ops.maximum(ops.max(ops.abs(y), axis=-1, keepdims=True), 1e-4)
+        return y / ops.maximum(ops.max(ops.abs(y), axis=-1, keepdims=True), PEAK_FLOOR)
+
+    def get_config(self):
+        return {**super().get_config(), "max_coef": self.max_coef}
 
 
 @_register
 class RandomNoise(_RandomLayer):
     """(batch, samples): with probability ``probability`` add white noise at SNR ~ U(min_db, max_db)."""
 
-    def __init__(self, snr_db_min: float = 25.0, snr_db_max: float = 60.0, probability: float = 0.5,
-                 **kwargs):
+    def __init__(self, snr_db_min: float, snr_db_max: float, probability: float, **kwargs):
         super().__init__(**kwargs)
         self.snr_db_min, self.snr_db_max, self.probability = snr_db_min, snr_db_max, probability
 
@@ -292,25 +326,30 @@ class RandomNoise(_RandomLayer):
 
 @_register
 class RandomMelEQ(_RandomLayer):
-    """(batch, frames, mels, 1) log-mel image in [-1, 1] units: adds a random tilt plus a smooth random
-    curve across mel bins (max ``tilt_db`` and ``bumps_db``), i.e. a random equaliser in the dB domain."""
+    """(batch, frames, mels, 1) log image in [-1, 1] units (``top_db``: its dB range): adds a random tilt
+    (up to ``tilt_db`` across the band) plus a sine across the bands of random phase, of ``bump_cycles_min`` to
+    ``bump_cycles_max`` cycles and up to ``bumps_db`` amplitude, i.e. a random equaliser in the dB domain."""
+    OLD_CONFIG = {"bump_cycles_min": 0.5, "bump_cycles_max": 3.0}
 
-    def __init__(self, tilt_db: float = 12.0, bumps_db: float = 6.0, top_db: float = 80.0, **kwargs):
+    def __init__(self, tilt_db: float, bumps_db: float, bump_cycles_min: float, bump_cycles_max: float,
+                 top_db: float, **kwargs):
         super().__init__(**kwargs)
         self.tilt_db, self.bumps_db, self.top_db = tilt_db, bumps_db, top_db
+        self.bump_cycles_min, self.bump_cycles_max = float(bump_cycles_min), float(bump_cycles_max)
 
     def augment(self, x):
         b, mels = ops.shape(x)[0], ops.shape(x)[2]
-        pos = ops.linspace(-1.0, 1.0, mels)
+        pos = ops.linspace(-1.0, 1.0, mels)                    # the band, 2 units wide
         tilt = keras.random.uniform((b, 1), -1.0, 1.0, seed=self.seed_generator) * self.tilt_db
-        phase = keras.random.uniform((b, 1), 0.0, 6.283, seed=self.seed_generator)
-        freq = keras.random.uniform((b, 1), 0.5, 3.0, seed=self.seed_generator)
+        phase = keras.random.uniform((b, 1), 0.0, 2.0 * math.pi, seed=self.seed_generator)
+        cycles = keras.random.uniform((b, 1), self.bump_cycles_min, self.bump_cycles_max, seed=self.seed_generator)
         amp = keras.random.uniform((b, 1), 0.0, 1.0, seed=self.seed_generator) * self.bumps_db
-        curve_db = tilt * pos[None, :] / 2.0 + amp * ops.sin(freq * 3.1416 * pos[None, :] + phase)
-        return x + ops.reshape(curve_db / (self.top_db / 2.0), (b, 1, mels, 1))
+        curve_db = tilt * pos[None, :] / 2.0 + amp * ops.sin(cycles * math.pi * pos[None, :] + phase)
+        return x + ops.reshape(curve_db / image_db_per_unit(self.top_db), (b, 1, mels, 1))
 
     def get_config(self):
         return {**super().get_config(), "tilt_db": self.tilt_db, "bumps_db": self.bumps_db,
+                "bump_cycles_min": self.bump_cycles_min, "bump_cycles_max": self.bump_cycles_max,
                 "top_db": self.top_db}
 
 
@@ -318,7 +357,7 @@ class RandomMelEQ(_RandomLayer):
 class SpecMask(_RandomLayer):
     """(batch, frames, mels, 1): SpecAugment - one random frequency band and one time span set to -1."""
 
-    def __init__(self, max_freq_bins: int = 12, max_time_frames: int = 20, **kwargs):
+    def __init__(self, max_freq_bins: int, max_time_frames: int, **kwargs):
         super().__init__(**kwargs)
         self.max_freq_bins, self.max_time_frames = max_freq_bins, max_time_frames
 
@@ -345,7 +384,7 @@ class RandomFreqShift(_RandomLayer):
     [-max_bins, max_bins] (vacated bins set to -1, the floor). Roughly a pitch/formant shift of a few
     semitones: the family should not hinge on exact spectral positions."""
 
-    def __init__(self, max_bins: int = 3, **kwargs):
+    def __init__(self, max_bins: int, **kwargs):
         super().__init__(**kwargs)
         self.max_bins = int(max_bins)
 
@@ -370,8 +409,8 @@ class RandomRelease(_RandomLayer):
     0.1-0.3 s of note-off. Randomising the release keeps the network from using the tail as a cue.
     """
 
-    def __init__(self, offset: int = 48000, sample_rate: int = 16000, tau_min: float = 0.01,
-                 tau_max: float = 0.5, probability: float = 0.8, **kwargs):
+    def __init__(self, offset: int, sample_rate: int, tau_min: float, tau_max: float, probability: float,
+                 **kwargs):
         super().__init__(**kwargs)
         self.offset, self.sample_rate = int(offset), int(sample_rate)
         self.tau_min, self.tau_max, self.probability = float(tau_min), float(tau_max), float(probability)

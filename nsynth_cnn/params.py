@@ -38,9 +38,6 @@ def label_to_nsynth_family(label: int) -> int:
     return label if label < SYNTH_LEAD_ID else label + 1
 
 
-TOP_DB = 80.0   # dB kept below each note's peak in both networks' time-frequency images (the dB floor)
-
-
 @dataclasses.dataclass(frozen=True)
 class AudioParams:
     """The NSynth note format every model input follows."""
@@ -51,6 +48,14 @@ class AudioParams:
     @property
     def num_samples(self) -> int:
         return int(round(self.sample_rate_hz * self.note_seconds))
+
+
+@dataclasses.dataclass(frozen=True)
+class LogImageParams:
+    """The (time, band) log image both front ends make (the log-mel spectrogram and the waveform CNN's learned
+    filterbank), so that the same spectral augmentations apply to both: band power in dB relative to each note's
+    peak, floored at ``-top_db`` and mapped ``[-top_db, 0] dB -> [-1, 1]``."""
+    top_db: float = 80.0                  # dB kept below each note's peak (the image's floor, -1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +97,6 @@ class LogMelParams:
     num_mel_bins: int = 64
     mel_min_hz: float = 30.0
     mel_max_hz: float = 8_000.0
-    top_db: float = TOP_DB
 
     def num_frames(self, audio: AudioParams = AudioParams()) -> int:
         return audio.num_samples // self.stft_hop_samples + 1
@@ -107,8 +111,10 @@ class AugmentParams:
     release_probability: float = 0.8      # re-shape the release after note-off (3 s) ...
     release_tau_seconds: tuple[float, float] = (0.01, 0.5)   # ... with exp decay, tau log-uniform in this range
     max_time_shift_seconds: float = 0.1   # random circular-free delay (zero padded) of the onset
+    waveform_tilt_max_coef: float = 0.9   # random first-order EQ y[t] = x[t] + a*x[t-1], a ~ U(-max, max)
     eq_max_tilt_db: float = 12.0          # random spectral tilt across the band, +- this
-    eq_max_bumps_db: float = 6.0          # random smooth EQ curve amplitude
+    eq_max_bumps_db: float = 6.0          # random smooth EQ curve amplitude ...
+    eq_bump_cycles: tuple[float, float] = (0.5, 3.0)   # ... a sine of this many cycles across the band, U(min, max)
     freq_shift_max_bins: int = 3          # random shift of the log-mel image, +- mel bins
     spec_freq_mask_bins: int = 8         # SpecAugment-style masks on the log-mel image
     spec_time_mask_frames: int = 12
@@ -119,6 +125,7 @@ class TrainParams:
     batch_size: int = 64
     epochs: int = 12                     # set per stage by RECIPE (train.stage_params)
     learning_rate: float = 2e-3
+    min_learning_rate_ratio: float = 0.01    # the cosine decay ends at this fraction of learning_rate
     weight_decay: float = 1e-4
     warmup_epochs: int = 1
     label_smoothing: float = 0.05
@@ -129,6 +136,14 @@ class TrainParams:
     dropout: float = 0.3
     distill_weight: float = 0.5          # with a teacher (train --teacher): share of its probabilities in the target
     distill_temperature: float = 2.0     # the teacher's probabilities softened as softmax(log p / T)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvNetParams:
+    """The 2-D convolutional trunk and classifier head both networks share after their front end (the trunk's
+    filters and pooling per block: ``models.CONV_LAYERS``; dropout: :class:`TrainParams`)."""
+    conv_kernel: tuple[int, int] = (3, 3)    # (time, band) kernel of every conv block
+    head_units: int = 128                    # the dense "embedding" layer before the class logits
 
 
 AUDIO = AudioParams()
@@ -161,3 +176,13 @@ RECIPE = (
     Stage("waveform", 12, out=".waveform-base"),
     Stage("waveform", 5, init_from=".waveform-base", teacher=True, learning_rate=5e-4, warmup_epochs=0),
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class CpuCost:
+    """Training seconds per note per epoch on 2 CPU cores, to tell a user how long a CPU run will take (before
+    it starts). Measured from the shipped histories (``epoch_seconds``; 32,195 training notes, this project's
+    2-core build machine): log-mel CNN 12 epochs of 241-325 s; waveform CNN 5 distillation epochs of 197-263 s."""
+    logmel_seconds_per_note: float = 0.0087
+    waveform_seconds_per_note: float = 0.0071
+    measured_cores: int = 2

@@ -39,21 +39,31 @@ def learning_curves(histories: Mapping[str, Mapping], path=None) -> Figure:
     """Loss and accuracy per epoch, training (solid) and validation (dashed), every network on shared axes.
 
     ``histories``: ``{model name: history dict}`` with per-epoch lists ``epoch`` (0-based, as Keras' CSV
-    logger writes it), ``loss``, ``accuracy`` and optionally ``val_loss``, ``val_accuracy``. The epoch with
-    the best validation accuracy (the weights that are kept) is marked with a dot.
+    logger writes it), ``loss``, ``accuracy`` and optionally ``val_loss``, ``val_accuracy``, and the histories of
+    the recipe stages that came before it (``earlier_stages``, oldest first): every stage is drawn, one after the
+    other, with a dotted line where a stage starts. The epoch with the best validation accuracy of the last stage
+    (the weights that are kept) is marked with a dot.
     """
     fig = Figure(figsize=(12, 5.0), layout="constrained")
     ax_loss, ax_acc = fig.subplots(1, 2, sharex=True)
     for name, h in histories.items():
         color = MODEL_COLORS.get(name)
-        epochs = np.asarray(h.get("epoch", range(len(h["loss"]))), float) + 1
-        for ax, key in ((ax_loss, "loss"), (ax_acc, "accuracy")):
-            ax.plot(epochs, h[key], "-", color=color, lw=1.8, label=f"{name}: training")
-            if h.get(f"val_{key}"):
-                ax.plot(epochs, h[f"val_{key}"], "--", color=color, lw=1.8, label=f"{name}: validation")
+        stages = [*h.get("earlier_stages", []), h]
+        offset = 0
+        for k, stage in enumerate(stages):
+            epochs = offset + np.arange(1, len(stage.get("loss", [])) + 1)
+            for ax, key in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+                ax.plot(epochs, stage[key], "-", color=color, lw=1.8, label=f"{name}: training" if k == 0 else None)
+                if stage.get(f"val_{key}"):
+                    ax.plot(epochs, stage[f"val_{key}"], "--", color=color, lw=1.8,
+                            label=f"{name}: validation" if k == 0 else None)
+                if k > 0:
+                    ax.axvline(offset + 0.5, color=color, ls=":", lw=1.2,
+                               label=f"{name}: next recipe stage" if ax is ax_acc and k == 1 else None)
+            offset += len(epochs)
         if h.get("val_accuracy"):
             best = int(np.nanargmax(h["val_accuracy"]))
-            best_acc, best_epoch = h["val_accuracy"][best], int(epochs[best])
+            best_acc, best_epoch = h["val_accuracy"][best], offset - len(h["val_accuracy"]) + best + 1
             ax_acc.plot(best_epoch, best_acc, "o", color=color, ms=7, mec="black",
                         label=f"{name}: best validation ({best_acc:.3f}, epoch {best_epoch})")
     ax_loss.set(title="Loss (cross-entropy)", xlabel="epoch", ylabel="loss")

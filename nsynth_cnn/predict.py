@@ -2,7 +2,7 @@
 
 Any common format (wav, flac, ogg, mp3), any sample rate, mono or stereo: the file is mixed to mono,
 resampled to 16 kHz, and the 4 s from the first onset (leading silence skipped) are classified,
-zero padded when shorter. Only the first 30 s of a file are decoded (``data.MAX_DECODE_SECONDS``): the onset must
+zero padded when shorter. Only the first 30 s of a file are decoded (``MAX_DECODE_SECONDS``): the onset must
 lie in them. A file that is cut short is classified from what it holds, with a ``warning:`` line on stderr (with
 ``--json``, a ``"warning"`` field).
 """
@@ -14,9 +14,10 @@ import sys
 
 import numpy as np
 
-from . import data
+from . import schema
 from .weights import load_trained
 from .params import FAMILIES
+from .audio import load_audio
 
 
 def classify(models: dict, audio: np.ndarray, top: int = 3) -> dict:
@@ -31,10 +32,14 @@ def classify(models: dict, audio: np.ndarray, top: int = 3) -> dict:
 
 
 def add_parser(sub):
-    ap = sub.add_parser("predict", help="top-3 instrument families for audio files")
-    ap.add_argument("files", nargs="+", metavar="FILE")
-    ap.add_argument("--model", default="both", choices=("waveform", "logmel", "both"))
-    ap.add_argument("--weights", default="weights")
+    ap = sub.add_parser("predict", help="top-3 instrument families for audio files",
+                        description="Top instrument families of any recording (wav, flac, ogg, mp3; any sample "
+                                    "rate, mono or stereo): mixed to mono, resampled to 16 kHz, and the 4 s from "
+                                    "the first onset are classified (zero padded when shorter).")
+    ap.add_argument("files", nargs="+", metavar="FILE", help="audio files to classify")
+    ap.add_argument("--model", default="both", choices=("waveform", "logmel", "both"),
+                    help="which saved network answers (default: both)")
+    ap.add_argument("--weights", default="weights", help="folder holding <model>_cnn.keras (default: weights)")
     ap.add_argument("--top", type=_top_count, default=3, metavar=f"1..{len(FAMILIES)}",
                     help="families listed per model (default: 3)")
     ap.add_argument("--json", action="store_true", help="machine-readable output")
@@ -59,8 +64,8 @@ def _main(args):
     for path in args.files:
         notes: list[str] = []
         try:
-            audio = data.load_audio(path, reject_silent=True, onset_trim=True, on_warning=notes.append)
-        except data.DataError as err:
+            audio = load_audio(path, reject_silent=True, onset_trim=True, on_warning=notes.append)
+        except schema.DataError as err:
             failed += 1
             results.append({"file": path, "error": str(err)})
             if not args.json:

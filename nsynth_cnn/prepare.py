@@ -13,7 +13,7 @@ every epoch reads 256 KB per note. ``prepare`` fixes both, streaming, with bound
 3. Write ``stats.json`` (``label_counts`` etc., read by :func:`nsynth_cnn.data.label_counts`) and, last,
    the ``prepared.json`` marker. The readers in :mod:`nsynth_cnn.data` recognise a folder (or glob) of
    prepared shards by that marker and parse them with :func:`parse_prepared` into the same element dict as
-   :func:`nsynth_cnn.data.parse_serialized`, so ``train --train DIR`` / ``evaluate --data DIR`` just work.
+   :func:`nsynth_cnn.schema.parse_serialized`, so ``train --train DIR`` / ``evaluate --data DIR`` just work.
 
 synth_lead notes (dropped by every reader anyway) are not copied. The free disk space is checked first (about
 half the float32 source, plus a margin). Pass 1 works in chunks of :data:`CHUNK_NOTES` source notes, each with
@@ -27,7 +27,6 @@ folder is read-only) and reuses that folder while the source files are unchanged
 """
 from __future__ import annotations
 
-import contextlib
 import glob
 import hashlib
 import itertools
@@ -42,11 +41,11 @@ from typing import Any
 
 import numpy as np
 
-from . import data
+from . import data, runlock, schema
 from .atomic import write_json_atomic
 from .tfds_format import is_tfds
-from .shards import (AUDIO_KEY, PCM_SCALE, PREPARED_MARKER, SHARD_PATTERN, STATS_FILE,  # noqa: F401
-                     FORMAT, dequantize, is_prepared, parse_prepared, quantize, serialize_prepared)
+from .shards import (AUDIO_KEY, PCM_SCALE, PREPARED_MARKER, SHARD_PATTERN, STATS_FILE,
+                     FORMAT, is_prepared, quantize, serialize_prepared)
 from .params import AUDIO, FAMILIES, NUM_CLASSES, nsynth_family_to_label
 
 TARGET_SHARD_BYTES = 128 << 20         # auto shard count: ~128 MB per shard
@@ -75,18 +74,19 @@ def source_bytes(src) -> int:
 
 
 def estimate_output_bytes(kind: str, files: list[str]) -> int:
-    """Bytes of the prepared shards of a source: int16 = half its float32 audio. A ``.gz`` file is counted at
-    its own size (float32 audio compresses to at most ~half), prepared shards and wav files as they are."""
+    """Bytes of the prepared shards of a source: int16 = half its float32 audio. A gzip file (by its magic bytes,
+    whatever its name) is counted at its own size (float32 audio compresses to at most ~half), prepared shards and
+    wav files as they are."""
     if kind == "jsonwav":
         return sum(os.path.getsize(f) for f in glob.glob(os.path.join(files[0], "audio", "*.wav")))
     if is_prepared(files):
         return sum(os.path.getsize(f) for f in files)
-    return sum(os.path.getsize(f) if f.endswith(".gz") else os.path.getsize(f) // 2 for f in files)
+    return sum(os.path.getsize(f) if data.compression_type(f) else os.path.getsize(f) // 2 for f in files)
 
 
 def _estimate_notes(kind: str, files: list[str]) -> int | None:
     """Notes in an uncompressed TFRecord source, from its size (for the progress bar); None if unknown."""
-    if kind != "tfrecord" or any(f.endswith(".gz") for f in files):
+    if kind != "tfrecord" or any(data.compression_type(f) for f in files):
         return None
     per_note = (2 if is_prepared(files) else 4) * AUDIO.num_samples + 600
     return max(1, round(sum(os.path.getsize(f) for f in files) / per_note))
@@ -99,7 +99,7 @@ def check_free_space(out: str, need: int, src: str) -> None:
         probe = os.path.dirname(probe)
     free = shutil.disk_usage(probe).free
     if need > free:
-        raise data.DataError(
+        raise schema.DataError(
             f"Not enough disk space to prepare {src}: its shuffled int16 copy needs about {need / 1e9:.1f} GB "
             f"free in {out}, and the disk holding {probe} has {free / 1e9:.1f} GB free. Free "
             f"{(need - free) / 1e9:.1f} GB there, or prepare it on another disk (python -m nsynth_cnn prepare "
@@ -133,12 +133,12 @@ def _check_out_dir(out: str, overwrite: bool, keep_shards: bool = False) -> None
         return
     ours = glob.glob(os.path.join(out, "nsynth-prepared-*.tfrecord")) + [
         os.path.join(out, f) for f in (PREPARED_MARKER, STATS_FILE) if os.path.isfile(os.path.join(out, f))]
-    others = [f for f in os.listdir(out) if os.path.join(out, f) not in ours and f != TMP_DIR]
+    others = [f for f in os.listdir(out) if os.path.join(out, f) not in ours and f not in (TMP_DIR, runlock.LOCK_NAME)]
     if others:
-        raise data.DataError(f"--out {out!r} holds other files ({', '.join(sorted(others)[:3])}...): give "
+        raise schema.DataError(f"--out {out!r} holds other files ({', '.join(sorted(others)[:3])}...): give "
                              "prepare an empty or new folder (the readers take every *.tfrecord in it).")
     if os.path.isfile(os.path.join(out, PREPARED_MARKER)) and not overwrite:
-        raise data.DataError(f"{out!r} already holds prepared shards (prepared.json). Pass --overwrite to "
+        raise schema.DataError(f"{out!r} already holds prepared shards (prepared.json). Pass --overwrite to "
                              "prepare again, or train on it as it is.")
     for f in ours:
         if not (keep_shards and f.endswith(".tfrecord")):
@@ -154,7 +154,7 @@ def _source_elements(src, skip: int = 0, batch: int = 128):
 
     TFRecord sources: every record, synth_lead included (:func:`prepare_elements` drops it), the first ``skip``
     read but not parsed; JSON+wav: the notes in note_str order."""
-    tf = data.tensorflow()
+    tf = schema.tensorflow()
     kind, files = data.resolve_source(src)
     if kind == "jsonwav":
         ds = data.jsonwav_dataset(files[0]).skip(skip).batch(batch)
@@ -203,11 +203,11 @@ def prepare_elements(elements: Iterable[tuple[Mapping[str, Any], np.ndarray]] | 
     size and mtime), a run interrupted in either pass resumes: done chunks are not read again (``skip``),
     shards already written are kept, and the result is the same as an uninterrupted run's. Returns the stats.
     """
-    tf = data.tensorflow()
+    tf = schema.tensorflow()
     if shards < 1:
-        raise data.DataError(f"--shards must be >= 1 (got {shards}).")
+        raise schema.DataError(f"--shards must be >= 1 (got {shards}).")
     if chunk_notes < 1:
-        raise data.DataError(f"chunk_notes must be >= 1 (got {chunk_notes}).")
+        raise schema.DataError(f"chunk_notes must be >= 1 (got {chunk_notes}).")
     quiet = log is None
     log = log or (lambda msg: None)
     tmp = os.path.join(out, TMP_DIR)
@@ -233,7 +233,7 @@ def prepare_elements(elements: Iterable[tuple[Mapping[str, Any], np.ndarray]] | 
         _distribute(elements, tmp, shards, seed, chunk_notes, state, progress, total, quiet, tf)
     if state["notes"] == 0:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise data.DataError(f"{source or 'the source'}: no notes to prepare (empty, or only synth_lead).")
+        raise schema.DataError(f"{source or 'the source'}: no notes to prepare (empty, or only synth_lead).")
     log(f"  pass 1: {state['notes']} notes into {shards} buckets in {state['seconds']['pass1_distribute']:.0f} s")
     files = _shuffle_shards(out, tmp, shards, state, progress, quiet, tf)
     n, seconds = state["notes"], state["seconds"]
@@ -270,6 +270,7 @@ def _distribute(elements, tmp, shards, seed, chunk_notes, state, progress, total
             writers, n_in = {}, 0
             try:
                 for element, pcm in itertools.islice(it, chunk_notes):
+                    runlock.check_interrupt()   # Ctrl-C stops here, between notes (never mid-file)
                     s = int(targets[n_in])
                     n_in += 1
                     label = nsynth_family_to_label(int(element["instrument_family"]))
@@ -306,6 +307,7 @@ def _shuffle_shards(out, tmp, shards, state, progress, quiet, tf) -> list[str]:
     bar = _bar(state["notes"], 0, "prepare pass 2/2 (shuffle)", quiet)
     try:
         for i in range(shards):
+            runlock.check_interrupt()
             name = SHARD_PATTERN.format(i, shards)
             files.append(name)
             parts = sorted(glob.glob(os.path.join(tmp, f"bucket-{i:05d}-chunk-*")))
@@ -330,9 +332,10 @@ def _shuffle_one(parts: list[str], out: str, tmp: str, name: str, expected: int,
     records = []
     if parts:
         for b in tf.data.TFRecordDataset(parts).batch(1024).as_numpy_iterator():
+            runlock.check_interrupt()
             records.extend(b)
     if len(records) != expected:
-        raise data.DataError(f"{tmp}: shard {name} has {len(records)} of its {expected} notes (temporary files "
+        raise schema.DataError(f"{tmp}: shard {name} has {len(records)} of its {expected} notes (temporary files "
                              f"damaged or deleted). Delete {out} and prepare again.")
     order = rng.permutation(len(records))
     with tf.io.TFRecordWriter(os.path.join(tmp, name)) as w:
@@ -355,23 +358,30 @@ def prepare(src, out: str, shards: int | None = None, *, seed: int = 0, overwrit
     kind, files = data.resolve_source(src)
     if kind == "tfrecord" and is_prepared(files) and os.path.realpath(os.path.dirname(files[0])) == \
             os.path.realpath(out):
-        raise data.DataError(f"--src and --out are the same prepared folder {out!r}.")
+        raise schema.DataError(f"--src and --out are the same prepared folder {out!r}.")
     if shards is not None and shards < 1:
-        raise data.DataError(f"--shards must be >= 1 (got {shards}).")
+        raise schema.DataError(f"--shards must be >= 1 (got {shards}).")
     size = source_bytes(src)
     if shards is None:
         shards = auto_shards(size, float_source=not (kind == "tfrecord" and is_prepared(files)))
     est = estimate_output_bytes(kind, files)
-    check_free_space(out, _space_needed(out, est, shards), src)
-    if log:
-        log(f"prepare: {src} ({size / 1e9:.2f} GB) -> {out} ({shards} shards, ~{est / 1e9:.2f} GB, seed {seed})")
-    est_shard = est / shards
-    if est_shard > 2e9:
-        print(f"warning: ~{est_shard / 1e9:.1f} GB per shard; pass 2 holds one shard in memory. Use more "
-              "--shards.", file=sys.stderr)
-    return prepare_elements(lambda skip: _source_elements(src, skip), out, shards, seed=seed, source=src,
-                            log=log, overwrite=overwrite, source_id=source_signature(kind, files),
-                            chunk_notes=chunk_notes, total=_estimate_notes(kind, files))
+    resume = "it resumes where it stopped (converted chunks and written shards are kept)"
+    with runlock.stopping(out, f"converting {src} into {out}", resume,
+                          deferred=True, need_bytes=int(est * SPACE_MARGIN + SPACE_EXTRA)), \
+            runlock.claim(out, "prepare", log=log,
+                          advice=f"Wait for it to finish (then use {out} as it is), or stop it (Ctrl-C in its "
+                                 "terminal; a re-run resumes it), or give this run another --out."):
+        runlock.check_readable(src, "--src")        # before anything is written
+        check_free_space(out, _space_needed(out, est, shards), src)
+        if log:
+            log(f"prepare: {src} ({size / 1e9:.2f} GB) -> {out} ({shards} shards, ~{est / 1e9:.2f} GB, seed {seed})")
+        est_shard = est / shards
+        if est_shard > 2e9:
+            print(f"warning: ~{est_shard / 1e9:.1f} GB per shard; pass 2 holds one shard in memory. Use more "
+                  "--shards.", file=sys.stderr)
+        return prepare_elements(lambda skip: _source_elements(src, skip), out, shards, seed=seed, source=src,
+                                log=log, overwrite=overwrite, source_id=source_signature(kind, files),
+                                chunk_notes=chunk_notes, total=_estimate_notes(kind, files))
 
 
 # ----------------------------------------------------------------------------------------------- automatic use
@@ -422,18 +432,23 @@ def ensure_mixed(path, *, seed: int = 0, log: Callable[[str], None] | None = pri
         return path
     signature = source_signature(kind, files)
     places = prepared_locations(path, cache_dir)
-    with _lock(places[1]):        # two runs started at once: the second waits, then reuses the first's copy
-        for place in places:
-            if _matching_copy(place, signature):
-                if log:
-                    log(f"{path}: using its shuffled copy {place}")
-                return place
-        out = next((p for p in places if _writable(p)), None)
-        if out is None:
-            raise data.DataError(f"{path} must be converted once to shuffled shards (too few files to mix "
-                                 "families by reading them interleaved; NSynth's own file is sorted by family), but "
-                                 f"neither {places[0]} nor {places[1]} can be written. Set {CACHE_ENV} to a writable "
-                                 "folder with room for half the source's size.")
+    for place in places:
+        if _matching_copy(place, signature):
+            if log:
+                log(f"{path}: using its shuffled copy {place}")
+            return place
+    out = next((p for p in places if _writable(p)), None)
+    if out is None:
+        raise schema.DataError(f"{path} must be converted once to shuffled shards (too few files to mix "
+                             "families by reading them interleaved; NSynth's own file is sorted by family), but "
+                             f"neither {places[0]} nor {places[1]} can be written. Set {CACHE_ENV} to a writable "
+                             "folder with room for half the source's size.")
+    # two runs started at once: the second waits (told who converts), then reuses the first's copy
+    with runlock.claim(out, "prepare", flag="the shuffled copy", wait=True, log=log or print):
+        if _matching_copy(out, signature):
+            if log:
+                log(f"{path}: using its shuffled copy {out}")
+            return out
         if log:
             log(f"{path}: {len(files)} TFRecord file(s), too few to mix the families by reading them interleaved "
                 "(NSynth's own train file is sorted by family); converting once to shuffled int16 shards "
@@ -442,29 +457,13 @@ def ensure_mixed(path, *, seed: int = 0, log: Callable[[str], None] | None = pri
     return out
 
 
-@contextlib.contextmanager
-def _lock(cache_place: str):
-    """An exclusive lock (POSIX ``flock``) for one source, kept in the cache folder; none where that fails."""
-    try:
-        import fcntl
-        folder = os.path.join(os.path.dirname(os.path.dirname(cache_place)), "locks")
-        os.makedirs(folder, exist_ok=True)
-        fh = open(os.path.join(folder, os.path.basename(cache_place) + ".lock"), "a")
-    except (ImportError, OSError):
-        yield
-        return
-    with fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 # ----------------------------------------------------------------------------------------------- CLI
 def add_parser(sub):
     ap = sub.add_parser("prepare", help="one-time rewrite of an NSynth split into shuffled int16 shards",
-                        description=__doc__.split("\n\n")[0])
+                        description="One-time rewrite of an NSynth split (e.g. the official nsynth-train.tfrecord, "
+                                    "ordered by family) into shuffled shards of int16 audio, for training on the "
+                                    "full dataset: batches mix every family and each note is read at half the "
+                                    "size. Training does this by itself when needed; this command does it by hand.")
     ap.add_argument("--src", required=True, help="NSynth TFRecord file/glob/folder or JSON+wav folder")
     ap.add_argument("--out", required=True, help="new folder for the shards, stats.json and prepared.json")
     ap.add_argument("--shards", type=int, default=None,

@@ -4,90 +4,116 @@ Kept out of the notebook so its cells are only calls. Nothing here trains or plo
 """
 from __future__ import annotations
 
-import glob
 import os
 
-from . import data
-from .atomic import write_text_atomic
+from . import schema
 from .evaluate import known_defects
-from .params import FAMILIES, MODEL_NAMES, RECIPE, TrainParams
-from .weights import load_history, weights_path
+from .params import FAMILIES, RECIPE, TrainParams
+from .weights import DEFAULT_DIR, load_history, weights_path
 
-SAMPLE_DIR = os.path.join("data", "nsynth-sample")
-"""NSynth-format sample shipped in the repository (JSON+wav layout), used when no NSynth split is found."""
-
-
-def find_split(data_dir: str | os.PathLike, split: str) -> str | None:
-    """The NSynth ``split`` (train/valid/test) inside ``data_dir``, or None.
-
-    Looks for, in order: ``nsynth-<split>.tfrecord`` (also ``.gz``), sharded TFRecords
-    (``nsynth-<split>.tfrecord-00000-of-00016``, ``nsynth-<split>-*.tfrecord*``; returned as a glob), the official
-    JSON+wav folder ``nsynth-<split>/`` (examples.json + audio/), this project's corpus layout ``<split>/``
-    (TFRecord shards or ``<split>/jsonwav``), and NSynth as TensorFlow Datasets prepares it
-    (``nsynth/full/<version>/nsynth-<split>.tfrecord-*``, newest version; ``data_dir`` may be the TFDS data dir,
-    ``.../nsynth`` or ``.../nsynth/full``). ``data_dir`` may also *be* a TFRecord file or a JSON+wav folder; it
-    is then used as the test split.
-    """
-    data_dir = os.fspath(data_dir)
-    if not os.path.exists(data_dir):
-        return None
-    if os.path.isfile(data_dir) or os.path.isfile(os.path.join(data_dir, "examples.json")):
-        return data_dir if split == "test" else None
-    for name in (f"nsynth-{split}.tfrecord", f"nsynth-{split}.tfrecord.gz"):
-        if os.path.isfile(os.path.join(data_dir, name)):
-            return os.path.join(data_dir, name)
-    for pattern in (f"nsynth-{split}.tfrecord-*", f"nsynth-{split}-*.tfrecord*"):
-        if any(os.path.isfile(f) for f in glob.glob(os.path.join(glob.escape(data_dir), pattern))):
-            return os.path.join(data_dir, pattern)
-    for folder in (f"nsynth-{split}", split, os.path.join(split, "jsonwav")):
-        path = os.path.join(data_dir, folder)
-        if os.path.isdir(path):
-            try:
-                data.resolve_source(path)
-            except data.DataError:
-                continue
-            return path
-    for version_dir in _tfds_version_dirs(data_dir):
-        name = f"nsynth-{split}.tfrecord-*"
-        if any(os.path.isfile(f) for f in glob.glob(os.path.join(glob.escape(version_dir), name))):
-            return os.path.join(version_dir, name)
-    return None
+SHIPPED_FIGURES_DIR = "figures"
+NOTEBOOK_OUT_DIR = os.path.join("runs", "notebook")
 
 
-def _tfds_version_dirs(data_dir: str) -> list[str]:
-    """``nsynth/full/<version>`` folders of a TFDS data dir (also given as ``.../nsynth`` or ``.../nsynth/full``),
-    newest version first."""
-    def version(path):
-        parts = os.path.basename(path).split(".")
-        return tuple(int(p) for p in parts) if all(p.isdigit() for p in parts) else None
-    found = []
-    for sub in (os.path.join("nsynth", "full"), "full", ""):
-        base = glob.escape(os.path.join(data_dir, sub) if sub else data_dir)
-        found += [d for d in glob.glob(os.path.join(base, "*")) if os.path.isdir(d) and version(d) is not None]
-    return sorted(found, key=version, reverse=True)
+def run_folders(mode: str, data_dir, weights_dir: str = DEFAULT_DIR, out_dir: str = "") -> tuple[str, str]:
+    """``(weights_dir, figures_dir)`` of a notebook run. Only the shipped report (``MODE = "evaluate"`` on the
+    default ``DATA_DIR`` with the shipped ``weights/`` and no ``OUT_DIR``) writes the tracked ``figures/``. Any other
+    run writes into ``out_dir`` (default ``runs/notebook``): its figures in ``<out>/figures`` and, in train mode,
+    the networks it trains and their evaluation in ``<out>/weights``, so tracked files are never overwritten."""
+    from .splits import DEFAULT_DATA_DIR
+    if mode not in ("evaluate", "train"):
+        raise schema.DataError(f"MODE must be 'evaluate' or 'train', not {mode!r}.")
+    shipped = (mode == "evaluate" and not out_dir and os.path.normpath(os.fspath(data_dir)) == DEFAULT_DATA_DIR
+               and os.path.normpath(weights_dir) == DEFAULT_DIR)
+    if shipped:
+        return weights_dir, SHIPPED_FIGURES_DIR
+    out = out_dir or NOTEBOOK_OUT_DIR
+    return (os.path.join(out, "weights") if mode == "train" else weights_dir), os.path.join(out, "figures")
 
 
-def evaluation_source(data_dir, sample_dir: str = SAMPLE_DIR) -> tuple[str, str]:
-    """``(path, sentence)``: the test split in ``data_dir`` if there is one, else the embedded sample."""
-    path = find_split(data_dir, "test")
-    if path is not None:
-        return path, f"the NSynth-format test split found at `{path}`"
-    if not os.path.exists(sample_dir):
-        raise data.DataError(f"No NSynth test split in {data_dir!r} and no embedded sample at {sample_dir!r}. "
-                             "Set DATA_DIR to a folder holding nsynth-test.tfrecord (or the nsynth-test/ "
-                             "JSON+wav folder), or restore data/ from project1.zip.")
-    return sample_dir, (f"the small sample embedded in the repository (`{sample_dir}`), because "
-                        f"`{data_dir}` holds no NSynth test split")
+def save_evaluation(results: dict[str, dict], weights_dir: str, eval_path: str) -> str:
+    """Write this run's results next to the networks it evaluated (``<weights_dir>/evaluation_notebook.json``), each
+    with the weights file it used and its SHA-256; returns the path."""
+    import hashlib
+    import json
+
+    from .atomic import write_json_atomic
+    out = {}
+    for name, res in results.items():
+        path = weights_path(weights_dir, name)
+        with open(path, "rb") as fh:
+            digest = hashlib.sha256(fh.read()).hexdigest()
+        out[name] = {"model": name, "data": str(eval_path), "weights_file": path, "weights_sha256": digest, **res}
+    target = os.path.join(weights_dir, "evaluation_notebook.json")
+    write_json_atomic(target, json.loads(json.dumps(out, default=_jsonable)))
+    return target
 
 
-def training_splits(data_dir) -> tuple[str, str | None]:
-    """``(train, valid)`` paths for ``MODE = "train"``; valid may be None (then no early stopping)."""
-    train_path = find_split(data_dir, "train")
-    if train_path is None:
-        raise data.DataError(f"MODE='train' needs NSynth training data: {data_dir!r} holds no nsynth-train."
-                             "tfrecord(.gz), nsynth-train.tfrecord-* / nsynth-train-*.tfrecord shards, nsynth-train/ "
-                             "folder, train/ split or TFDS nsynth/full/<version>/.")
-    return train_path, find_split(data_dir, "valid")
+def _jsonable(v):
+    import numpy as np
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    raise TypeError(f"{type(v).__name__} is not JSON serialisable")
+
+
+def trained_on_rendered_corpus(histories: dict[str, dict]) -> bool:
+    """Whether the networks' histories say they were trained on this project's rendered corpus (``corpus*/``, as
+    the shipped weights were), not on NSynth."""
+    paths = [h.get("meta", {}).get("train_data", "") for h in histories.values()]
+    return bool(paths) and all(any(part.startswith("corpus") for part in os.path.normpath(p).split(os.sep))
+                               for p in paths)
+
+
+CORPUS_PROVENANCE = """\
+> **What these weights were trained on.** NSynth itself could not be downloaded where this project was
+> built, so these networks were trained on an NSynth-format corpus rendered with
+> `python -m nsynth_cnn.tools corpus` from 22 sample sets: 21 General-MIDI SoundFonts (6 Debian packages,
+> 9 per-program GM banks, 6 small ROM banks; every GM preset and the complete banks' variation presets such as
+> "12-String Guitar" or "Church Organ 2") and the Philharmonia Orchestra single-note recordings, plus
+> procedural electronic instruments (organs, synth basses, electric pianos); see `docs/corpus.md`. It follows
+> NSynth's protocol (4 s at 16 kHz, held 3 s, velocities 25-127) and is split by instrument; its test split is
+> a whole SoundFont family never heard in training. It differs from NSynth in sound: clean sampled or
+> synthesised GM instruments rather than NSynth's commercial sample libraries, and releases that ring on after
+> note-off where NSynth's notes mostly stop within 0.1-0.3 s (the networks are trained with a random release to
+> compensate). The next table gives what they scored on each yardstick they were measured on (read from
+> `evaluation_*.json` beside the weights); the gap between rendered and real notes dominates."""
+
+
+def provenance_paragraph(histories: dict[str, dict], weights_dir: str, trained_here: bool) -> str:
+    """Markdown: what the evaluated networks were trained on, read from their histories, so it is true for
+    whatever weights this run evaluates (the shipped ones, or ones this run or another trained)."""
+    if not histories:
+        return f"> The networks in `{weights_dir}` have no training history beside them: what they were trained on is unknown."
+    if trained_here:
+        meta = next(iter(histories.values())).get("meta", {})
+        return (f"> **What these weights were trained on.** This run trained both networks with the recipe on "
+                f"`{meta.get('train_data')}` (validation: `{meta.get('valid_data')}`) and saved them in "
+                f"`{weights_dir}`. They have no measurements yet except this run's, which the Results section "
+                "writes next to them (`evaluation_notebook.json`).")
+    if trained_on_rendered_corpus(histories):
+        return CORPUS_PROVENANCE
+    rows = "; ".join(f"the {n} CNN on `{h.get('meta', {}).get('train_data', '?')}`" for n, h in histories.items())
+    return (f"> **What these weights were trained on.** According to their training histories: {rows}. The next "
+            f"table gives the evaluations saved beside them in `{weights_dir}` (none if empty).")
+
+
+def domain_paragraph(histories: dict[str, dict]) -> str:
+    """Markdown for the Discussion: how the evaluated networks' training data relates to NSynth's test split."""
+    if trained_on_rendered_corpus(histories):
+        return ("Published networks trained on NSynth itself reach 72-77 % on its test split; these networks never "
+                "heard a real NSynth instrument: they were trained on a rendered corpus (SoundFonts + Philharmonia "
+                "recordings), so a domain shift between the training instruments and NSynth's is part of what the "
+                "test accuracy measures. The experiment log (`docs/experiments.md`) records, run by run, what "
+                "narrowed the gap between rendered and real notes (more distinct instruments, a shared pitch range, "
+                "and above all the random release) and what did not (more rendered instruments of the kinds the "
+                "corpus already had, augmentations aimed at the gap between sample sets, a higher waveform rate). The waveform "
+                "CNN's gain on the corpus came mostly from keeping its filterbank a filterbank (see Architectures) "
+                "and from its distillation stage; on the real notes it still trails the log-mel CNN.")
+    return ("Published networks trained on NSynth itself reach 72-77 % on its test split (4,096 notes of instruments "
+            "never heard in training); the accuracy above is comparable with that range only when `DATA_DIR` holds "
+            "that test split and the networks were trained on NSynth's train split.")
 
 
 def load_histories(weights_dir: str = "weights", names=("waveform", "logmel")) -> dict[str, dict]:
@@ -127,11 +153,12 @@ def recipe_table(recipe=RECIPE, p: TrainParams = TrainParams()):
     return pd.DataFrame(rows).set_index("stage")
 
 
-YARDSTICKS = {   # weights/evaluation_<key>.json -> what it measured (written by `make weights` and the tools)
+YARDSTICKS = {   # <weights>/evaluation_<key>.json -> what it measured (written by `make weights`, the tools, the notebook)
     "corpus_test": "rendered corpus, test split (an unseen SoundFont family)",
     "real_nsynth": "real NSynth notes (../shared/nsynth-real)",
     "tonejs": "tonejs-instruments recordings (make evaluate-recordings)",
     "freepats": "freepats GUS patches (make evaluate-freepats)",
+    "notebook": "this notebook's evaluation data, when it trained these networks",
 }
 
 
@@ -152,7 +179,8 @@ def yardsticks_table(weights_dir: str = "weights"):
     import pandas as pd
     rows = []
     for key, by_net in shipped_evaluations(weights_dir).items():
-        row = {"evaluated on": YARDSTICKS[key]}
+        row = {"evaluated on": YARDSTICKS[key] if key != "notebook"
+               else f"`{next(iter(by_net.values()))['data']}` (evaluated by the notebook run that trained them)"}
         for name, res in by_net.items():
             lo, hi = res["accuracy_ci95"]
             row["notes"] = res["notes"]
@@ -332,93 +360,3 @@ def params_table(*param_objects):
 
 
 # ----------------------------------------------------------------------------------------------- deliverable
-FIGURE_ALT = {   # figures/<name>.png -> alt text of the figure in the exported report
-    "waveform_example": "Waveform of one string note: amplitude in [-1, 1] against time over 4 s, note-off at 3 s.",
-    "learning_curves": "Learning curves of both networks: training and validation loss and accuracy per epoch, "
-                       "best epoch marked.",
-    "per_class_accuracy": "Bar chart of accuracy per instrument family for both networks.",
-    "confusion_waveform": "Confusion matrix of the waveform CNN, note counts and row-normalised.",
-    "confusion_logmel": "Confusion matrix of the log-mel CNN, note counts and row-normalised.",
-    "extremes_waveform": "Per family, the waveforms the waveform CNN gives the highest and the lowest probability "
-                         "of the correct family.",
-    "extremes_logmel": "Per family, the waveforms the log-mel CNN gives the highest and the lowest probability "
-                       "of the correct family.",
-    "boundary_waveform": "Per family, the waveforms nearest the waveform CNN's decision boundary, just right and "
-                         "just wrong, with their margins.",
-    "boundary_logmel": "Per family, the waveforms nearest the log-mel CNN's decision boundary, just right and "
-                       "just wrong, with their margins.",
-}
-PRINT_CSS = """<style>
-@media print { @page { size: A4; margin: 12mm; } }
-.jp-RenderedHTMLCommon table { font-size: 9px; }
-.jp-OutputArea-output pre { white-space: pre-wrap; word-break: break-word; }
-img { max-width: 100%; height: auto; }
-</style>"""
-
-
-def export_html(notebook: str = "project1.ipynb", out: str = os.path.join("report", "project1.html")) -> str:
-    """The executed notebook as a report page: outputs only (no code cells, nothing cut off in print), every
-    figure with alt text (:data:`FIGURE_ALT`, by the file name its cell saves it to), tables and text fit to the
-    page width. Returns ``out``."""
-    import html
-    import re
-
-    import nbformat
-    from nbconvert import HTMLExporter
-    nb = nbformat.read(notebook, as_version=4)
-    alts = []
-    for cell in nb.cells:
-        if cell.cell_type != "code":
-            continue
-        saved = re.search(r"/(\w+)\.png", cell.source)
-        alt = FIGURE_ALT.get(saved.group(1), "") if saved else ""
-        alts += [alt or "A figure of the report."] * sum("image/png" in o.get("data", {}) for o in cell.outputs)
-    body, _ = HTMLExporter(template_name="lab", exclude_input=True, exclude_input_prompt=True,
-                           exclude_output_prompt=True).from_notebook_node(nb)
-    pieces = re.split(r'<img (?:alt="[^"]*" )?', body)       # nbconvert writes a placeholder alt text
-    if len(pieces) - 1 != len(alts):
-        raise data.DataError(f"{notebook}: {len(pieces) - 1} images in the page but {len(alts)} image outputs")
-    body = pieces[0] + "".join(f'<img alt="{html.escape(alt)}" {rest}' for alt, rest in zip(alts, pieces[1:]))
-    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    write_text_atomic(out, body.replace("</head>", PRINT_CSS + "\n</head>", 1))
-    return out
-
-ZIP_CONTENT = ("project1.ipynb", "README.md", "requirements.txt", "nsynth_cnn", "weights", "data/README.md",
-               "data/nsynth-sample", "figures", "report/project1.html", "report/project1.pdf")
-ZIP_REQUIRED = ("project1.ipynb", "README.md", "requirements.txt", "nsynth_cnn",
-                *(weights_path("weights", name) for name in MODEL_NAMES))
-
-
-def package_zip(out: str = "project1.zip", root: str = ".", content=ZIP_CONTENT, required=ZIP_REQUIRED,
-                folder: str = "project1") -> list[str]:
-    """Write the deliverable zip (every file under ``folder/``) and return the names it holds.
-
-    Refuses (``DataError``) when a required file is missing or the notebook has not been executed. Skips
-    caches, hidden files (training backups, checkpoints) and temporary files; optional entries that do not
-    exist (the PDF, say) are left out.
-    """
-    import zipfile
-    import nbformat
-    missing = [p for p in required if not os.path.exists(os.path.join(root, p))]
-    if missing:
-        raise data.DataError(f"cannot build {out}: missing {', '.join(missing)} (train the networks or "
-                             "restore them).")
-    nb = nbformat.read(os.path.join(root, "project1.ipynb"), as_version=4)
-    if not any(c.get("outputs") for c in nb.cells if c.cell_type == "code"):
-        raise data.DataError("project1.ipynb has no outputs: run it first (make notebook).")
-    files = []
-    for entry in content:
-        path = os.path.join(root, entry)
-        if os.path.isfile(path):
-            files.append(entry)
-        for dirpath, dirnames, filenames in os.walk(path):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__pycache__")
-            rel = os.path.relpath(dirpath, root)
-            files += [os.path.join(rel, f) for f in sorted(filenames)
-                      if not f.startswith(".") and not f.endswith((".pyc", ".tmp")) and ".tmp." not in f]
-    tmp = out + ".tmp"
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-        for f in files:
-            zf.write(os.path.join(root, f), os.path.join(folder, f))
-    os.replace(tmp, out)
-    return files

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from .params import AUDIO, NSYNTH_QUALITY_NAMES
-from .schema import INT_FEATURES, STR_FEATURES, DataError, element_from_parsed, tensorflow
+from .schema import (INT_FEATURES, LENGTH_ASSERT_TAG, STR_FEATURES, assert_notes, check_audio,
+                     element_from_parsed, length_error, tensorflow)
 
 PREPARED_MARKER = "prepared.json"
 STATS_FILE = "stats.json"
@@ -47,26 +48,30 @@ def prepared_feature_spec() -> dict:
 
 
 def parse_prepared(serialized, fields: tuple[str, ...] | None = None):
-    """Parse a vector of prepared records into the element dict of :func:`nsynth_cnn.data.parse_serialized`
+    """Parse a vector of prepared records into the element dict of :func:`nsynth_cnn.schema.parse_serialized`
     (only ``fields``, e.g. ``schema.LEAN_FIELDS``, when given)."""
     tf = tensorflow()
     spec = prepared_feature_spec()
     if fields is not None:
         spec = {AUDIO_KEY if k == "audio" else k: spec[AUDIO_KEY if k == "audio" else k] for k in fields}
     ex = tf.io.parse_example(serialized, spec)
-    pcm = tf.io.decode_raw(ex[AUDIO_KEY], tf.int16, little_endian=True)
+    nbytes = tf.strings.length(ex[AUDIO_KEY])
+    wrong = tf.not_equal(nbytes, 2 * AUDIO.num_samples)      # checked before decode_raw/reshape fail on it
+    with tf.control_dependencies([assert_notes(LENGTH_ASSERT_TAG, wrong, nbytes // 2, ex)]):
+        pcm = tf.io.decode_raw(ex[AUDIO_KEY], tf.int16, little_endian=True)
     audio = tf.reshape(tf.cast(pcm, tf.float32) * (1.0 / PCM_SCALE), [-1, AUDIO.num_samples])
     return element_from_parsed(ex, audio)
 
 
 def serialize_prepared(element: Mapping[str, Any], pcm: np.ndarray | None = None) -> bytes:
-    """One element dict (numpy values, as the readers yield them) -> a prepared tf.train.Example."""
+    """One element dict (numpy values, as the readers yield them) -> a prepared tf.train.Example, serialized
+    deterministically (the same bytes in every process, so a resumed ``prepare`` matches an uninterrupted one)."""
     tf = tensorflow()
+    where = f"note {element.get('note_str')!r}"
     if pcm is None:
-        pcm = quantize(element["audio"])
+        pcm = quantize(check_audio(element["audio"], where))
     if pcm.shape != (AUDIO.num_samples,):
-        raise DataError(f"note {element.get('note_str')!r}: audio has shape {pcm.shape}, expected "
-                             f"({AUDIO.num_samples},).")
+        raise length_error(where, pcm.shape[0] if pcm.ndim == 1 else None)
     ex = tf.train.Example()
     feat = ex.features.feature
     for k in INT_FEATURES:
@@ -76,6 +81,6 @@ def serialize_prepared(element: Mapping[str, Any], pcm: np.ndarray | None = None
         feat[k].bytes_list.value.append(v if isinstance(v, bytes) else str(v).encode())
     feat["qualities"].int64_list.value.extend(int(q) for q in np.asarray(element["qualities"]).ravel())
     feat[AUDIO_KEY].bytes_list.value.append(np.ascontiguousarray(pcm, "<i2").tobytes())
-    return ex.SerializeToString()
+    return ex.SerializeToString(deterministic=True)    # map order fixed: the same bytes in every process
 
 

@@ -51,8 +51,9 @@ def is_tfds(files: list[str]) -> bool:
             except (OSError, ValueError, AttributeError):
                 continue
     try:
+        from .data import compression_type
         tf = tensorflow()
-        first = next(iter(tf.data.TFRecordDataset(files[0], "GZIP" if files[0].endswith(".gz") else "")))
+        first = next(iter(tf.data.TFRecordDataset(files[0], compression_type(files[0]))))
         return FAMILY_KEY in tf.train.Example.FromString(first.numpy()).features.feature
     except Exception:       # unreadable / empty: the regular reader reports it
         return False

@@ -6,6 +6,8 @@ is built once and TensorFlow is imported once.
 """
 from __future__ import annotations
 
+import contextlib
+import multiprocessing.process
 import os
 import subprocess
 import sys
@@ -139,3 +141,48 @@ def pytest_configure(config):
     # Keras 3.15 + NumPy 2.4 emit this on every tensor -> numpy conversion; it says nothing about our code.
     config.addinivalue_line("filterwarnings",
                             "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
+
+
+# ----------------------------------------------------------------------------------------------- the two tiers
+# `python -m pytest -q -m "not slow"` is the fast tier; the full suite runs everything. A test that trains a network
+# (keras Model.fit) or starts a subprocess (a CLI run, the notebook's kernel, Chromium, a JAX process, worker
+# processes) must be marked @pytest.mark.slow (the marker is declared in pyproject.toml): unmarked, those calls fail
+# here, so the fast tier stays fast and honest.
+SLOW_ONLY = "is slow: mark the test @pytest.mark.slow (it {what}); the fast tier (-m 'not slow') must not"
+
+
+@contextlib.contextmanager
+def _fast_tier_guard(item):
+    if item.get_closest_marker("slow") is not None:
+        yield
+        return
+
+    def refuse(what):
+        def fail(*args, **kwargs):
+            raise RuntimeError(f"{item.nodeid} " + SLOW_ONLY.format(what=what))
+        return fail
+    import keras
+    trainer = next(c for c in keras.Model.__mro__ if "fit" in c.__dict__)       # the backend's Trainer class
+    patches = [(subprocess.Popen, "__init__", refuse("starts a subprocess")),
+               (multiprocessing.process.BaseProcess, "start", refuse("starts a worker process")),
+               (trainer, "fit", refuse("trains a network"))]
+    saved = [(obj, name, obj.__dict__[name]) for obj, name, _ in patches]
+    try:
+        for obj, name, fn in patches:
+            setattr(obj, name, fn)
+        yield
+    finally:
+        for obj, name, fn in saved:
+            setattr(obj, name, fn)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item):
+    with _fast_tier_guard(item):
+        yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    with _fast_tier_guard(item):
+        yield

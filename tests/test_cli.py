@@ -17,8 +17,9 @@ from conftest import N, ROOT, make_notes, run_cli, train_valid_dir
 from nsynth_cnn import data
 from nsynth_cnn.__main__ import main
 from nsynth_cnn.params import FAMILIES
+from nsynth_cnn.audio import load_audio
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.slow]   # CLI subprocesses, training
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +112,7 @@ def test_predict_json(trained, tmp_path, capsys):
     full = res["logmel"]["probabilities"]
     assert list(full) == list(FAMILIES) and sum(full.values()) == pytest.approx(1.0, abs=2e-3)
     model = keras.models.load_model(out / "logmel_cnn.keras")
-    x = data.load_audio(str(wav), reject_silent=True, onset_trim=True)
+    x = load_audio(str(wav), reject_silent=True, onset_trim=True)
     mine = np.asarray(model.predict_on_batch(x[None]))[0]
     for f, p in zip(FAMILIES, mine):
         assert full[f] == pytest.approx(p, abs=1e-4)

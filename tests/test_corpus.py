@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 
 from conftest import N, run_cli
-from nsynth_cnn import data
+from nsynth_cnn import data, schema
 from nsynth_cnn.tools import corpus
 from nsynth_cnn.params import FAMILIES, NSYNTH_FAMILY_NAMES, NSYNTH_SOURCE_NAMES
+
+pytestmark = pytest.mark.slow      # renders the corpus in a subprocess
 
 SF2 = "/usr/share/sounds/sf2/TimGM6mb.sf2"
 NAME_RE = re.compile(r"^(?P<family>[a-z_]+?)_(?P<source>acoustic|electronic|synthetic)_(?P<idx>\d{3})"
@@ -257,7 +259,7 @@ def test_tonejs_layout_is_read_with_its_family_and_set(tmp_path):
 
 def test_fetch_tonejs_without_npm_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(data.DataError, match="npm not found"):
+    with pytest.raises(schema.DataError, match="npm not found"):
         corpus.fetch_tonejs(str(tmp_path / "tonejs"))
 
 

@@ -10,7 +10,8 @@ import pytest
 import soundfile as sf
 
 from conftest import N, ROOT, SR, shared_path, tone
-from nsynth_cnn import data
+from nsynth_cnn import data, schema
+from nsynth_cnn.audio import load_audio
 from nsynth_cnn.params import FAMILIES, NSYNTH_FAMILY_NAMES, NUM_CLASSES, label_to_nsynth_family, \
     nsynth_family_to_label
 
@@ -53,7 +54,7 @@ def test_tfrecord_round_trip_filters_synth_lead(tfrecord_file, notes):
     for m, a in expect:
         i = idx[m["note_str"]]
         np.testing.assert_array_equal(audio[i], a)          # float32 TFRecord audio is lossless
-        for k in data.META_KEYS:
+        for k in schema.META_KEYS:
             assert meta[k][i] == m[k], k
         np.testing.assert_array_equal(meta["qualities"][i], m["qualities"])
         assert meta["label"][i] == nsynth_family_to_label(m["instrument_family"])
@@ -154,6 +155,66 @@ def test_both_readers_yield_the_same_element_structure(tfrecord_file, jsonwav_di
     assert tuple(spec_tf["audio"].shape) == (N,)
 
 
+def test_jsonwav_label_counts_read_the_listing_without_decoding_audio(tmp_path, jsonwav_dir, notes, monkeypatch):
+    """label_counts of a JSON+wav folder without stats.json: the families of examples.json (or notes.csv), synth_lead
+    dropped; each wav is looked for (a missing one is the reader's error) but none is decoded."""
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("label_counts decoded a wav")
+    monkeypatch.setattr(data, "load_audio", no_decoding)
+    monkeypatch.setattr(data, "note_audio", no_decoding, raising=False)
+    monkeypatch.setattr(sf, "SoundFile", no_decoding)
+    monkeypatch.setattr(sf, "read", no_decoding)
+    want = np.bincount([nsynth_family_to_label(m["instrument_family"]) for m, _ in kept(notes)], minlength=NUM_CLASSES)
+    assert not (jsonwav_dir / "stats.json").exists()
+    np.testing.assert_array_equal(data.label_counts(jsonwav_dir), want)
+    sub = kept(notes)[::3]
+    shutil.copytree(jsonwav_dir / "audio", tmp_path / "audio")
+    rows = ["note_str,instrument_family_str,instrument_source_str,pitch,velocity"]
+    rows += [f"{m['note_str']},{m['instrument_family_str']},{m['instrument_source_str']},{m['pitch']},"
+             f"{m['velocity']}" for m, _ in sub]
+    (tmp_path / "notes.csv").write_text("\n".join(rows) + "\n")
+    np.testing.assert_array_equal(data.label_counts(tmp_path), np.bincount(
+        [nsynth_family_to_label(m["instrument_family"]) for m, _ in sub], minlength=NUM_CLASSES))
+    os.remove(tmp_path / "audio" / f"{sub[1][0]['note_str']}.wav")
+    with pytest.raises(schema.DataError, match=f"{sub[1][0]['note_str']}.wav is listed in examples.json but missing"):
+        data.label_counts(tmp_path)
+
+
+def test_parallel_jsonwav_reader_yields_the_notes_in_the_order_of_the_sequential_one(jsonwav_dir, notes, monkeypatch):
+    """jsonwav_dataset decodes several wavs at once, yet gives what the one-at-a-time reader gave, in its order:
+    note_str order without a seed; with one, pass k in the order of the permutation of all the notes seeded
+    [seed, k], synth_lead dropped (a new order each pass)."""
+    import threading
+    import time
+    everything = sorted(m["note_str"] for m, _ in notes)
+    leads = {m["note_str"] for m, _ in notes if m["instrument_family"] == 9}
+    real, lock, running, most = data._jsonwav_element, threading.Lock(), [0], [0]
+
+    def slow_load(*args, **kwargs):               # counts the notes being read at once
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.05)
+        try:
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                running[0] -= 1
+    monkeypatch.setattr(data, "_jsonwav_element", slow_load)
+    got = list(data.iterate(data.jsonwav_dataset(str(jsonwav_dir)), jsonwav_dir))
+    assert most[0] >= 2, "the wavs were decoded one at a time"
+    assert [e["note_str"].decode() for e in got] == [s for s in everything if s not in leads]
+    for g, w in zip(got, data.jsonwav_records(str(jsonwav_dir)), strict=True):
+        assert set(g) == set(w)
+        for k in w:
+            np.testing.assert_array_equal(g[k], w[k], err_msg=k)
+    ds = data.jsonwav_dataset(str(jsonwav_dir), shuffle_seed=7).map(lambda e: e["note_str"])
+    for k in range(2):
+        perm = np.random.default_rng([7, k]).permutation(len(everything))
+        want = [everything[i] for i in perm if everything[i] not in leads]
+        assert [s.decode() for s in data.iterate(ds, jsonwav_dir)] == want, k
+
+
 def test_real_nsynth_notes_load_unchanged():
     """The 50 real NSynth notes in ../shared: 16 kHz mono 64,000-frame wavs that load_audio must not alter."""
     folder = shared_path("nsynth-real", "audio")
@@ -162,50 +223,50 @@ def test_real_nsynth_notes_load_unchanged():
     for f in files:
         raw, rate = sf.read(f, dtype="float32")
         assert rate == SR and raw.shape == (N,)
-        np.testing.assert_array_equal(data.load_audio(str(f)), raw)
+        np.testing.assert_array_equal(load_audio(str(f)), raw)
 
 
 # ----------------------------------------------------------------------------------------------- bad input
 def test_missing_data_path(tmp_path):
-    with pytest.raises(data.DataError, match="does not exist"):
+    with pytest.raises(schema.DataError, match="does not exist"):
         data.load_arrays(tmp_path / "nope.tfrecord")
-    with pytest.raises(data.DataError, match="No files match"):
+    with pytest.raises(schema.DataError, match="No files match"):
         data.nsynth_dataset(str(tmp_path / "nope-*.tfrecord"))
 
 
 def test_empty_file(tmp_path):
     p = tmp_path / "empty.tfrecord"
     p.write_bytes(b"")
-    with pytest.raises(data.DataError, match="empty"):
+    with pytest.raises(schema.DataError, match="empty"):
         data.load_arrays(p)
 
 
 def test_folder_without_data(tmp_path):
     (tmp_path / "readme.txt").write_text("no notes here")
-    with pytest.raises(data.DataError, match="neither examples.json"):
+    with pytest.raises(schema.DataError, match="neither examples.json"):
         data.load_arrays(tmp_path)
 
 
 def test_examples_json_broken_or_empty(tmp_path):
     (tmp_path / "examples.json").write_text("{not json")
-    with pytest.raises(data.DataError, match="not valid JSON"):
+    with pytest.raises(schema.DataError, match="not valid JSON"):
         data.load_arrays(tmp_path)
     (tmp_path / "examples.json").write_text("{}")
-    with pytest.raises(data.DataError, match="holds no notes"):
+    with pytest.raises(schema.DataError, match="holds no notes"):
         data.load_arrays(tmp_path)
 
 
 def test_jsonwav_missing_wav(tmp_path, notes):
     data.write_jsonwav(str(tmp_path), kept(notes)[:2])
     os.remove(tmp_path / "audio" / f"{kept(notes)[1][0]['note_str']}.wav")
-    with pytest.raises(data.DataError, match="missing"):
+    with pytest.raises(schema.DataError, match="missing"):
         data.load_arrays(tmp_path)
 
 
 def test_only_synth_lead_notes(tmp_path, notes):
     p = tmp_path / "lead.tfrecord"
     data.write_tfrecord(str(p), [n for n in notes if n[0]["instrument_family"] == 9])
-    with pytest.raises(data.DataError, match="synth_lead"):
+    with pytest.raises(schema.DataError, match="synth_lead"):
         data.load_arrays(p)
 
 
@@ -214,9 +275,9 @@ def test_truncated_tfrecord(tmp_path, tfrecord_file):
     blob = tfrecord_file.read_bytes()
     p.write_bytes(blob[: len(blob) // 2 + 123])
     ds = data.nsynth_dataset(p)                       # opening is lazy; the error comes on iteration
-    with pytest.raises(data.DataError, match="corrupt or truncated"):
+    with pytest.raises(schema.DataError, match="corrupt or truncated"):
         list(data.iterate(ds, p))
-    with pytest.raises(data.DataError, match="corrupt or truncated"):
+    with pytest.raises(schema.DataError, match="corrupt or truncated"):
         data.load_arrays(p)
 
 
@@ -226,7 +287,7 @@ def test_corrupt_tfrecord(tmp_path, tfrecord_file):
     mid = len(blob) // 3
     blob[mid:mid + 64] = bytes(b ^ 0x5A for b in blob[mid:mid + 64])   # CRC check must fail
     p.write_bytes(bytes(blob))
-    with pytest.raises(data.DataError, match="corrupt or truncated"):
+    with pytest.raises(schema.DataError, match="corrupt or truncated"):
         data.load_arrays(p)
 
 
@@ -237,18 +298,18 @@ def test_tfrecord_that_is_not_nsynth(tmp_path):
         "audio": tf.train.Feature(float_list=tf.train.FloatList(value=[0.0] * 100))}))
     with tf.io.TFRecordWriter(str(p)) as w:
         w.write(ex.SerializeToString())
-    with pytest.raises(data.DataError) as err:
+    with pytest.raises(schema.DataError) as err:
         data.load_arrays(p)
     assert "NSynth" in str(err.value)
     text = tmp_path / "notes.tfrecord"
     text.write_text("this is a text file, not a TFRecord\n" * 20)
-    with pytest.raises(data.DataError):
+    with pytest.raises(schema.DataError):
         data.load_arrays(text)
 
 
 def test_writer_rejects_wrong_length(tmp_path, notes):
     m, a = notes[0]
-    with pytest.raises(data.DataError, match="expected"):
+    with pytest.raises(schema.DataError, match="expected"):
         data.write_tfrecord(str(tmp_path / "bad.tfrecord"), [(m, a[:1000])])
     assert not (tmp_path / "bad.tfrecord").exists()
 
@@ -268,7 +329,7 @@ def test_wrong_rate_is_resampled(tmp_path):
     """Documented conversion: any rate -> 16 kHz (soxr), then fit to 4 s. Pitch must be preserved."""
     for rate in (44_100, 8_000):
         x = tone(1000.0, seconds=2.0, rate=rate)
-        out = data.load_audio(_write(tmp_path / f"r{rate}.wav", x, rate))
+        out = load_audio(_write(tmp_path / f"r{rate}.wav", x, rate))
         assert out.shape == (N,) and out.dtype == np.float32
         assert abs(_peak_hz(out[:2 * SR - 200]) - 1000.0) < 2.0          # still a 1 kHz tone
         assert np.max(np.abs(out[2 * SR + 100:])) < 1e-3                  # 2 s of sound, then zero padding
@@ -277,59 +338,59 @@ def test_wrong_rate_is_resampled(tmp_path):
 
 def test_long_file_is_trimmed_and_short_file_padded(tmp_path):
     x = tone(440.0, seconds=6.0)
-    out = data.load_audio(_write(tmp_path / "long.wav", x, SR, "FLOAT"))
+    out = load_audio(_write(tmp_path / "long.wav", x, SR, "FLOAT"))
     np.testing.assert_array_equal(out, x[:N])
     y = tone(440.0, seconds=0.5)
-    out = data.load_audio(_write(tmp_path / "short.wav", y, SR, "FLOAT"))
+    out = load_audio(_write(tmp_path / "short.wav", y, SR, "FLOAT"))
     np.testing.assert_array_equal(out[:SR // 2], y)
     assert not out[SR // 2:].any()
 
 
 def test_stereo_is_averaged_to_mono(tmp_path):
     left, right = tone(440.0, amp=0.6), tone(660.0, amp=0.2)
-    out = data.load_audio(_write(tmp_path / "st.wav", np.stack([left, right], 1), SR, "FLOAT"))
+    out = load_audio(_write(tmp_path / "st.wav", np.stack([left, right], 1), SR, "FLOAT"))
     assert out.shape == (N,)
     np.testing.assert_allclose(out, (left + right) / 2, atol=1e-6)
 
 
 def test_too_short(tmp_path):
-    with pytest.raises(data.DataError, match="ms long"):
-        data.load_audio(_write(tmp_path / "blip.wav", tone(440.0, seconds=0.01), SR))
+    with pytest.raises(schema.DataError, match="ms long"):
+        load_audio(_write(tmp_path / "blip.wav", tone(440.0, seconds=0.01), SR))
 
 
 def test_silent_file(tmp_path):
     p = _write(tmp_path / "silence.wav", np.zeros(SR, np.float32), SR)
-    with pytest.raises(data.DataError, match="silent"):
-        data.load_audio(p, reject_silent=True)
-    out = data.load_audio(p)                           # accepted (all zeros) unless asked to reject
+    with pytest.raises(schema.DataError, match="silent"):
+        load_audio(p, reject_silent=True)
+    out = load_audio(p)                           # accepted (all zeros) unless asked to reject
     assert out.shape == (N,) and not out.any()
 
 
 def test_not_audio(tmp_path):
     p = tmp_path / "notes.wav"
     p.write_text("This is a text file with a .wav name, not audio.\n" * 50)
-    with pytest.raises(data.DataError, match="not a readable audio file"):
-        data.load_audio(str(p))
+    with pytest.raises(schema.DataError, match="not a readable audio file"):
+        load_audio(str(p))
 
 
 def test_missing_and_empty_audio_file(tmp_path):
-    with pytest.raises(data.DataError, match="no such file"):
-        data.load_audio(str(tmp_path / "none.wav"))
+    with pytest.raises(schema.DataError, match="no such file"):
+        load_audio(str(tmp_path / "none.wav"))
     (tmp_path / "zero.wav").write_bytes(b"")
-    with pytest.raises(data.DataError, match="empty"):
-        data.load_audio(str(tmp_path / "zero.wav"))
+    with pytest.raises(schema.DataError, match="empty"):
+        load_audio(str(tmp_path / "zero.wav"))
 
 
 def test_clipping_input_is_scaled_into_range(tmp_path):
     x = tone(440.0, seconds=1.0, amp=3.0)
-    out = data.load_audio(_write(tmp_path / "hot.wav", x, SR, "FLOAT"))
+    out = load_audio(_write(tmp_path / "hot.wav", x, SR, "FLOAT"))
     assert np.isclose(np.max(np.abs(out)), 1.0, atol=1e-6)
     np.testing.assert_allclose(out[:SR], x / np.max(np.abs(x)), atol=1e-6)
 
 
 def test_onset_trim_skips_leading_silence(tmp_path):
     x = np.concatenate([np.zeros(SR, np.float32), tone(440.0, seconds=1.0)])
-    out = data.load_audio(_write(tmp_path / "late.wav", x, SR, "FLOAT"), onset_trim=True)
+    out = load_audio(_write(tmp_path / "late.wav", x, SR, "FLOAT"), onset_trim=True)
     first = int(np.argmax(np.abs(out) > 0.01))
     assert first <= SR // 100 + 5          # the note starts within ~10 ms of the output's start
     assert np.max(np.abs(out[:SR // 2])) > 0.4

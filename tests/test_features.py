@@ -1,28 +1,33 @@
 """Front-end layers against references and signals with known answers."""
 from __future__ import annotations
 
+import dataclasses
+import inspect
+
+import keras
 import numpy as np
 import pytest
 
 from conftest import N, SR, shared_path, synth_note, tone
 from nsynth_cnn import features as F
-from nsynth_cnn.params import LogMelParams, WaveformParams
+from nsynth_cnn import models
+from nsynth_cnn.params import AugmentParams, LogImageParams, LogMelParams, WaveformParams
 
 P = LogMelParams()
+TOP_DB = LogImageParams().top_db
 LIBROSA_TOL_DB = 0.25        # max |layer - librosa| in dB, over bins above -60 dB re each example's peak
 LIBROSA_FLOOR_DB = -60.0
 
 
 @pytest.fixture(scope="module")
 def log_mel():
-    return F.LogMelSpectrogram(SR, P.fft_length, P.stft_window_samples, P.stft_hop_samples, P.num_mel_bins,
-                               P.mel_min_hz, P.mel_max_hz, P.top_db)
+    return models.log_mel_layer()
 
 
 def image_db(layer, x) -> np.ndarray:
     """Layer output (batch, frames, mels, 1) in [-1, 1] -> dB re each example's peak, (batch, frames, mels)."""
     img = np.asarray(layer(np.asarray(x, np.float32)))[..., 0]
-    return (img - 1.0) * (P.top_db / 2.0)
+    return (img - 1.0) * F.image_db_per_unit(TOP_DB)
 
 
 def librosa_db(x: np.ndarray) -> np.ndarray:
@@ -36,7 +41,7 @@ def librosa_db(x: np.ndarray) -> np.ndarray:
         win_length=P.stft_window_samples, window="hann", center=True, pad_mode="reflect", power=2.0,
         n_mels=P.num_mel_bins, fmin=P.mel_min_hz, fmax=P.mel_max_hz, htk=True, norm=None)
     db = 10.0 * np.log10(np.maximum(s, 1e-10))
-    return np.maximum(db - db.max(), -P.top_db).T          # (frames, mels)
+    return np.maximum(db - db.max(), -TOP_DB).T            # (frames, mels)
 
 
 def reference_signals() -> np.ndarray:
@@ -111,13 +116,13 @@ def test_silence_gives_no_nan(log_mel):
     img = np.asarray(log_mel(x))
     assert np.all(np.isfinite(img))
     assert not np.asarray(F.PeakNormalize()(x)).any()      # stays exactly zero, no 0/0
-    assert np.all(np.isfinite(np.asarray(F.AntiAliasDownsample(2)(x))))
+    assert np.all(np.isfinite(np.asarray(models.downsample_layer()(x))))
 
 
 @pytest.fixture(scope="module")
 def downsample():
-    w = WaveformParams()
-    return F.AntiAliasDownsample(2, w.antialias_taps, w.antialias_cutoff_ratio, w.antialias_kaiser_beta)
+    assert WaveformParams().downsample_factor == 2          # the tests below are written for 16 -> 8 kHz
+    return models.downsample_layer()
 
 
 def _gain_db(layer, freq_hz):
@@ -139,11 +144,6 @@ def test_antialias_attenuates_above_new_nyquist(downsample, freq_hz):
     assert _gain_db(downsample, freq_hz) <= -40.0
 
 
-@pytest.fixture(scope="module")
-
-
-
-
 def test_antialias_keeps_timing(downsample):
     x = np.zeros((1, N), np.float32)
     x[0, 10_000] = 1.0
@@ -160,22 +160,20 @@ def test_peak_normalize():
     np.testing.assert_allclose(y[0], y[1], atol=1e-5)
 
 
-WAVE_AUGMENTERS = {
-    "time_shift": lambda: F.RandomTimeShift(1600, seed=1),
-    "tilt": lambda: F.RandomTilt(seed=2),
-    "noise": lambda: F.RandomNoise(20.0, 30.0, probability=1.0, seed=3),
-    "release": lambda: F.RandomRelease(48_000, SR, 0.01, 0.5, probability=1.0, seed=6),
-}
-IMAGE_AUGMENTERS = {
-    "mel_eq": lambda: F.RandomMelEQ(seed=4),
-    "spec_mask": lambda: F.SpecMask(8, 12, seed=5),
-    "freq_shift": lambda: F.RandomFreqShift(3, seed=7),
-}
+# the models' augmentation layers, built from params; noise and release always on, so every draw changes the note
+AUGMENT = dataclasses.replace(AugmentParams(), noise_probability=1.0, release_probability=1.0)
+WAVE_AUGMENTERS = ("time_shift", "tilt", "noise", "release")
+IMAGE_AUGMENTERS = ("mel_eq", "spec_mask", "freq_shift")
 
 
-@pytest.mark.parametrize("kind", list(WAVE_AUGMENTERS) + list(IMAGE_AUGMENTERS))
+def augmenter(kind: str):
+    layers = models.waveform_augmentation(AUGMENT, seed=1) + models.spectral_augmentation(AUGMENT, seed=1)
+    return {layer.name.removeprefix("aug_"): layer for layer in layers}[kind]
+
+
+@pytest.mark.parametrize("kind", WAVE_AUGMENTERS + IMAGE_AUGMENTERS)
 def test_augmentation_is_identity_at_inference_and_random_in_training(kind, log_mel):
-    layer = {**WAVE_AUGMENTERS, **IMAGE_AUGMENTERS}[kind]()
+    layer = augmenter(kind)
     wave = np.stack([synth_note(1, 60, 100), synth_note(5, 72, 75), synth_note(7, 50, 25)])
     x = wave if kind in WAVE_AUGMENTERS else np.asarray(log_mel(wave))
     np.testing.assert_array_equal(np.asarray(layer(x, training=False)), x)
@@ -210,10 +208,7 @@ def test_random_release_only_shapes_the_tail():
 
 @pytest.fixture(scope="module")
 def filterbank():
-    w = WaveformParams()
-    return F.GaborFilterbank(w.filterbank_bands, w.filterbank_kernel_samples, w.filterbank_stride_samples,
-                             w.filterbank_pool, w.target_rate_hz, w.filterbank_min_hz, w.filterbank_max_hz,
-                             kernel_scale=w.filterbank_kernel_scale)
+    return models.filterbank_layer()
 
 
 @pytest.mark.parametrize("freq_hz", [45.0, 220.0, 1000.0, 3500.0])
@@ -247,15 +242,12 @@ def test_filterbank_shape_range_gain_invariance_and_silence(filterbank):
 
 def test_filterbank_kernel_scale_slows_the_filters_learning_only():
     """``kernel_scale`` leaves the filters (and so the image) as they are but divides how far one optimiser
-    step moves them; 1.0, the default, is the layer of the weights saved before it existed."""
-    import keras
+    step moves them; files saved before it existed load with 1.0, the layer they were trained with."""
     w = WaveformParams()
     x = np.random.default_rng(1).standard_normal((2, 8000, 1)).astype(np.float32)
     moved = {}
     for scale in (1.0, w.filterbank_kernel_scale):
-        layer = F.GaborFilterbank(w.filterbank_bands, w.filterbank_kernel_samples, w.filterbank_stride_samples,
-                                  w.filterbank_pool, w.target_rate_hz, w.filterbank_min_hz, w.filterbank_max_hz,
-                                  kernel_scale=scale)
+        layer = models.filterbank_layer(dataclasses.replace(w, filterbank_kernel_scale=scale))
         layer(x)
         start = np.asarray(layer.effective_kernel())
         np.testing.assert_allclose(start, F.gabor_kernels(w.filterbank_bands, w.filterbank_kernel_samples,
@@ -267,5 +259,43 @@ def test_filterbank_kernel_scale_slows_the_filters_learning_only():
         moved[scale] = np.abs(np.asarray(layer.effective_kernel()) - start).max() / np.abs(start).max()
         assert F.GaborFilterbank.from_config(layer.get_config()).kernel_scale == scale
     assert moved[w.filterbank_kernel_scale] < moved[1.0] / 100
-    assert F.GaborFilterbank().kernel_scale == 1.0
+
+
+# ----------------------------------------------------------------------------------------------- one source
+def _feature_layer_classes():
+    return [c for c in vars(F).values()
+            if inspect.isclass(c) and issubclass(c, keras.layers.Layer) and c.__module__ == F.__name__
+            and not c.__name__.startswith("_")]
+
+
+def test_no_layer_has_a_tunable_default():
+    """Layers get every setting from :mod:`nsynth_cnn.params` (through the models' builders): a default in a
+    layer's signature would be a second value that can disagree with it. Only the seed (None: random) and
+    PeakNormalize's numerical guard may have one."""
+    classes = _feature_layer_classes()
+    assert len(classes) >= 11
+    for cls in classes:
+        defaults = {name for name, arg in inspect.signature(cls.__init__).parameters.items()
+                    if arg.default is not inspect.Parameter.empty}
+        assert defaults <= {"seed", "epsilon"}, (cls.__name__, defaults)
+
+
+@pytest.mark.parametrize("cls, old", [(F.GaborFilterbank, {"kernel_scale": 1.0}),
+                                      (F.RandomTilt, {"max_coef": 0.9}),
+                                      (F.RandomMelEQ, {"bump_cycles_min": 0.5, "bump_cycles_max": 3.0})])
+def test_files_saved_before_a_setting_existed_load_with_the_value_they_had(cls, old):
+    layers = [models.filterbank_layer()] + models.waveform_augmentation() + models.spectral_augmentation()
+    layer = next(x for x in layers if type(x) is cls)
+    config = layer.get_config()
+    assert cls.from_config(config).get_config() == config               # today's files: a round trip
+    legacy = cls.from_config({k: v for k, v in config.items() if k not in old}).get_config()
+    assert legacy == {**config, **old}
+
+
+def test_peak_relative_image_is_one_mapping():
+    """Both front ends' dB mapping: 0 dB (each example's own peak) -> 1, -top_db and below -> -1, linear between."""
+    power = np.array([[[1.0, 0.1], [1e-3, 0.0]], [[4.0, 0.4], [4e-9, 4.0]]], np.float32)   # (2, 2, 2)
+    img = np.asarray(F.peak_relative_image(power, 80.0))
+    np.testing.assert_allclose(img, [[[1.0, 0.75], [0.25, -1.0]], [[1.0, 0.75], [-1.0, 1.0]]], atol=1e-6)
+    assert F.image_db_per_unit(80.0) == 40.0
 

@@ -7,6 +7,8 @@ from nsynth_cnn.tools import corpus
 from nsynth_cnn.tools.corpus import gus
 from nsynth_cnn.params import AUDIO
 
+pytestmark = pytest.mark.slow      # renders through TiMidity++ (a subprocess)
+
 needs_gus = pytest.mark.skipif(not gus.available(),
                                reason="needs the Debian packages timidity and freepats (make soundfonts)")
 RATE = 48_000

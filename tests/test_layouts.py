@@ -1,6 +1,6 @@
 """Official NSynth layouts with no manual step (issue 23): family-ordered TFRecords converted once (reused,
 resumable, disk space checked) by ``prepare.ensure_mixed``, JSON+wav training order shuffled, every official
-split name found by ``report.find_split``, and NSynth as TensorFlow Datasets stores it."""
+split name found by ``splits.find_split``, and NSynth as TensorFlow Datasets stores it."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import N
-from nsynth_cnn import data, prepare, report
+from nsynth_cnn import data, prepare, schema, shards, splits
 from nsynth_cnn.params import NSYNTH_FAMILY_NAMES, NSYNTH_QUALITY_NAMES, nsynth_family_to_label
 
 FULL_TRAIN_NOTES = 289_205
@@ -96,7 +96,7 @@ def test_ensure_mixed_reuses_the_conversion(big_mixed):
     assert prepare.ensure_mixed(src, log=None) == out
     assert mtimes(out) == before                                       # nothing rewritten
     # the data folder, as find_split sees it, still gives the original file (the .prepared folder is no split)
-    assert report.find_split(os.path.dirname(src), "train") == src
+    assert splits.find_split(os.path.dirname(src), "train") == src
 
 
 # ----------------------------------------------------------------------------------------------- small sources
@@ -167,7 +167,7 @@ def test_interrupted_pass_2_keeps_the_shards_already_written(small_src, monkeypa
     with pytest.raises(OSError):
         prepare.ensure_mixed(small_src, shards=3, chunk_notes=64, log=None)
     out = small_src + ".prepared"
-    first = os.path.join(out, prepare.SHARD_PATTERN.format(0, 3))
+    first = os.path.join(out, shards.SHARD_PATTERN.format(0, 3))
     written = os.stat(first).st_mtime_ns
     monkeypatch.setattr(prepare, "_shuffle_one", real)
     prepare.ensure_mixed(small_src, shards=3, chunk_notes=64, log=None)
@@ -178,7 +178,7 @@ def test_interrupted_pass_2_keeps_the_shards_already_written(small_src, monkeypa
 def test_disk_space_checked_first(small_src, monkeypatch):
     monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10 ** 12, 10 ** 12 - 10 ** 6,
                                                                                     10 ** 6))
-    with pytest.raises(data.DataError, match=r"Not enough disk space.*needs about [0-9.]+ GB free in .*prepared"):
+    with pytest.raises(schema.DataError, match=r"Not enough disk space.*needs about [0-9.]+ GB free in .*prepared"):
         prepare.ensure_mixed(small_src, log=None)
     assert not os.path.exists(small_src + ".prepared")                 # nothing written
 
@@ -236,7 +236,7 @@ def test_jsonwav_training_order_mixed_evaluation_order_sorted(tmp_path):
 
 
 def test_families_per_batch_takes_int_and_one_hot_labels():
-    tf = data.tensorflow()
+    tf = schema.tensorflow()
     x = np.zeros((40, 3), np.float32)
     y = np.repeat(np.arange(10), 4)
     assert data.families_per_batch(tf.data.Dataset.from_tensor_slices((x, y)).batch(8), batches=5) == 2.0
@@ -244,7 +244,7 @@ def test_families_per_batch_takes_int_and_one_hot_labels():
     w = np.ones(40, np.float32)
     ds = tf.data.Dataset.from_tensor_slices((x, onehot, w)).shuffle(40, seed=1).batch(20)
     assert data.families_per_batch(ds, batches=1) > 5
-    with pytest.raises(data.DataError):
+    with pytest.raises(schema.DataError):
         data.families_per_batch(ds.take(0))
 
 
@@ -271,9 +271,9 @@ def test_find_split_official_names(tmp_path, layout, want):
     touch(tmp_path / layout, b"{}" if layout.endswith(".json") else b"x")
     if layout.endswith("examples.json"):
         os.makedirs(tmp_path / os.path.dirname(layout) / "audio")
-    assert report.find_split(tmp_path, "train") == str(tmp_path / want)
-    assert report.find_split(tmp_path, "valid") is None
-    found = report.find_split(tmp_path, "train")
+    assert splits.find_split(tmp_path, "train") == str(tmp_path / want)
+    assert splits.find_split(tmp_path, "valid") is None
+    found = splits.find_split(tmp_path, "train")
     assert data.resolve_source(found)[0] in ("tfrecord", "jsonwav")
 
 
@@ -282,9 +282,9 @@ def test_find_split_tfds_data_dir_variants(tmp_path):
         touch(tmp_path / "nsynth" / "full" / version / "nsynth-valid.tfrecord-00000-of-00002")
     newest = tmp_path / "nsynth" / "full" / "2.3.3"
     for base in (tmp_path, tmp_path / "nsynth", tmp_path / "nsynth" / "full", newest):
-        assert report.find_split(base, "valid") == str(newest / "nsynth-valid.tfrecord-*"), base
-    with pytest.raises(data.DataError, match="TFDS"):
-        report.training_splits(tmp_path)
+        assert splits.find_split(base, "valid") == str(newest / "nsynth-valid.tfrecord-*"), base
+    with pytest.raises(schema.DataError, match="TFDS"):
+        splits.training_splits(tmp_path)
 
 
 # ----------------------------------------------------------------------------------------------- TFDS schema
@@ -295,7 +295,7 @@ def test_tfds_format_reads_into_the_same_elements(tmp_path):
     notes = list(ordered_notes(3, families=range(11)))
     version_dir = tmp_path / "tfds" / "nsynth" / "full" / str(builder.version)
     os.makedirs(version_dir)
-    tf = data.tensorflow()
+    tf = schema.tensorflow()
     for s in range(2):
         with tf.io.TFRecordWriter(str(version_dir / f"nsynth-train.tfrecord-{s:05d}-of-00002")) as w:
             for meta, audio in notes[s::2]:
@@ -304,7 +304,7 @@ def test_tfds_format_reads_into_the_same_elements(tmp_path):
                     "instrument": {"label": meta["instrument"] % 1006, "family": meta["instrument_family_str"],
                                    "source": meta["instrument_source_str"]},
                     "qualities": {q: bool(v) for q, v in zip(NSYNTH_QUALITY_NAMES, meta["qualities"])}}))
-    found = report.find_split(tmp_path / "tfds", "train")
+    found = splits.find_split(tmp_path / "tfds", "train")
     assert found == str(version_dir / "nsynth-train.tfrecord-*")
     want = {m["note_str"]: (m, a) for m, a in notes if m["instrument_family"] != 9}
     for case in ("by-records", "by-features.json"):
@@ -333,6 +333,7 @@ def test_tfds_format_reads_into_the_same_elements(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- train mode, end to end
+@pytest.mark.slow
 def test_cli_trains_on_the_family_ordered_file_at_official_proportions(big_dir, tmp_path, capsys):
     """``python -m nsynth_cnn train`` on the official-style single file, shuffle buffer 4096 N / 289,205: the train
     path converts it and the first batches mix the families (recorded in the history)."""
@@ -362,21 +363,46 @@ def test_training_refuses_batches_of_one_family(big_dir, tmp_path, capsys, monke
     assert not (out / "logmel_cnn.keras").exists()
 
 
+@pytest.mark.slow
 def test_notebook_train_mode_converts_the_official_file(big_dir, tmp_path):
     """The notebook's MODE = "train" on a DATA_DIR holding nsynth-train.tfrecord: the recipe runs (1 epoch per
-    stage), every stage reads the converted shards with mixed batches, and the report evaluates the result."""
+    stage) into OUT_DIR/weights, every stage reads the converted shards with mixed batches, the report shows only
+    numbers of the networks it trained (saved beside them), and the shipped weights/ and figures/ are untouched."""
+    import hashlib
+
     import papermill
     from conftest import ROOT
-    weights = tmp_path / "weights"
-    nb = papermill.execute_notebook(
-        str(ROOT / "project1.ipynb"), str(tmp_path / "out.ipynb"), cwd=str(ROOT), kernel_name="python3",
-        parameters={"MODE": "train", "DATA_DIR": str(big_dir), "WEIGHTS_DIR": str(weights),
-                    "FIGURES_DIR": str(tmp_path / "figures"), "EPOCHS": 1},
-        progress_bar=False, execution_timeout=900)
-    assert not [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-                if o.get("output_type") == "error"]
+
+    def digests(folder):
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+    shipped_before = {d: digests(ROOT / d) for d in ("weights", "figures")}
+    out = tmp_path / "run"
+    weights = out / "weights"
+    test_split = big_dir / "nsynth-test.tfrecord"
+    data.write_tfrecord(str(test_split), ordered_notes(2, families=[*range(9), 10]))
+    try:
+        nb = papermill.execute_notebook(
+            str(ROOT / "project1.ipynb"), str(tmp_path / "out.ipynb"), cwd=str(ROOT), kernel_name="python3",
+            parameters={"MODE": "train", "DATA_DIR": str(big_dir), "OUT_DIR": str(out), "EPOCHS": 1},
+            progress_bar=False, execution_timeout=900)
+    finally:
+        test_split.unlink()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
     for name in ("logmel", "waveform"):
         meta = json.loads((weights / f"{name}_cnn_history.json").read_text())["meta"]
         assert meta["families_per_batch"] >= 8 and meta["read_from"].endswith(".prepared"), name
         assert meta["stage"]["model"] == name and meta["params"]["epochs"] == 1
     assert not (weights / ".waveform-base").exists()           # the intermediate network is gone
+    # the waveform CNN's history keeps its first stage, so the learning curves show both
+    assert len(json.loads((weights / "waveform_cnn_history.json").read_text())["earlier_stages"]) == 1
+    saved = json.loads((weights / "evaluation_notebook.json").read_text())
+    assert set(saved) == {"logmel", "waveform"} and saved["logmel"]["data"].startswith(str(big_dir))
+    text = "\n".join(o.get("text", "") + str(o.get("data", {}).get("text/markdown", ""))
+                     + str(o.get("data", {}).get("text/plain", "")) for o in outputs)
+    assert "This run trained both networks" in text
+    for shipped_claim in ("rendered corpus", "never heard a real NSynth", "real NSynth notes"):
+        assert shipped_claim not in text, shipped_claim              # nothing said of the shipped weights
+    assert f"{saved['logmel']['accuracy']:.3f}" in text
+    assert (out / "figures" / "learning_curves.png").is_file()
+    assert {d: digests(ROOT / d) for d in ("weights", "figures")} == shipped_before

@@ -12,6 +12,7 @@ import pytest
 from conftest import N, ROOT, subprocess_env
 from nsynth_cnn import features as F
 from nsynth_cnn import models
+from nsynth_cnn.params import AUDIO, AugmentParams, ConvNetParams, LogImageParams, LogMelParams, WaveformParams
 
 NAMES = models.MODEL_NAMES
 
@@ -85,6 +86,98 @@ def test_front_end_layers(built_models, name):
         assert isinstance(models.front_end(model, "block1_conv"), keras.layers.Conv2D)
 
 
+def _settings_from_params(w: WaveformParams = WaveformParams(), m: LogMelParams = LogMelParams(),
+                          aug: AugmentParams = AugmentParams(), image: LogImageParams = LogImageParams()) -> dict:
+    """Layer name -> the settings its config must hold, written out from the params (the spec of the builders)."""
+    sr = AUDIO.sample_rate_hz
+    return {
+        "log_mel": dict(sample_rate=sr, fft_length=m.fft_length, window_length=m.stft_window_samples,
+                        hop_length=m.stft_hop_samples, num_mel_bins=m.num_mel_bins, min_hz=m.mel_min_hz,
+                        max_hz=m.mel_max_hz, top_db=image.top_db),
+        "downsample": dict(factor=w.downsample_factor, num_taps=w.antialias_taps,
+                           cutoff_ratio=w.antialias_cutoff_ratio, kaiser_beta=w.antialias_kaiser_beta),
+        "filterbank": dict(num_bands=w.filterbank_bands, kernel_size=w.filterbank_kernel_samples,
+                           stride=w.filterbank_stride_samples, pool=w.filterbank_pool, sample_rate=w.target_rate_hz,
+                           min_hz=w.filterbank_min_hz, max_hz=w.filterbank_max_hz, top_db=image.top_db,
+                           kernel_scale=w.filterbank_kernel_scale),
+        "aug_release": dict(offset=int(AUDIO.held_seconds * sr), sample_rate=sr, tau_min=aug.release_tau_seconds[0],
+                            tau_max=aug.release_tau_seconds[1], probability=aug.release_probability),
+        "aug_time_shift": dict(max_shift=int(aug.max_time_shift_seconds * sr)),
+        "aug_tilt": dict(max_coef=aug.waveform_tilt_max_coef),
+        "aug_noise": dict(snr_db_min=aug.noise_snr_db_min, snr_db_max=aug.noise_snr_db_max,
+                          probability=aug.noise_probability),
+        "aug_freq_shift": dict(max_bins=aug.freq_shift_max_bins),
+        "aug_mel_eq": dict(tilt_db=aug.eq_max_tilt_db, bumps_db=aug.eq_max_bumps_db,
+                           bump_cycles_min=aug.eq_bump_cycles[0], bump_cycles_max=aug.eq_bump_cycles[1],
+                           top_db=image.top_db),
+        "aug_spec_mask": dict(max_freq_bins=aug.spec_freq_mask_bins, max_time_frames=aug.spec_time_mask_frames),
+    }
+
+
+def _check_settings(model, expect: dict, net: ConvNetParams):
+    import keras
+    seen = set()
+    for layer in model.layers:
+        cfg = layer.get_config()
+        if isinstance(layer, F.PeakNormalize):
+            assert cfg["epsilon"] == F.PEAK_FLOOR
+        elif layer.name in expect:            # every setting of the layer is checked, none left to a default
+            settings = {k: v for k, v in cfg.items() if k not in ("name", "trainable", "dtype", "seed")}
+            assert settings == expect[layer.name], layer.name
+            seen.add(layer.name)
+        elif isinstance(layer, keras.layers.Conv2D):
+            assert tuple(cfg["kernel_size"]) == net.conv_kernel and tuple(cfg["strides"]) == (1, 1)
+    assert model.get_layer("embedding").units == net.head_units
+    assert [x.filters for x in model.layers if isinstance(x, keras.layers.Conv2D)] == [f for f, _ in models.CONV_LAYERS]
+    return seen
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_layer_setting_comes_from_params(built_models, name):
+    """Each front-end and augmentation layer holds exactly the params' values; the conv trunk and head read
+    ConvNetParams; both networks share the one trunk table."""
+    seen = _check_settings(built_models[name], _settings_from_params(), ConvNetParams())
+    front = {"log_mel"} if name == "logmel" else {"downsample", "filterbank"}
+    assert seen == {k for k in _settings_from_params() if k.startswith("aug_")} | front
+
+
+def test_changed_params_reach_the_layers():
+    image, net = LogImageParams(top_db=60.0), ConvNetParams(conv_kernel=(5, 3), head_units=32)
+    aug = AugmentParams(waveform_tilt_max_coef=0.5, eq_bump_cycles=(1.0, 2.0), spec_time_mask_frames=7)
+    model = models.build_model("logmel", aug=aug, net=net, image=image)
+    assert _check_settings(model, _settings_from_params(aug=aug, image=image), net) >= {"log_mel", "aug_mel_eq"}
+
+
+SAMPLE_NOTES = ROOT / "data" / "nsynth-sample" / "audio"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_shipped_network_is_the_network_params_build(name):
+    """The shipped ``weights/<name>_cnn.keras`` and the network that ``build_model`` makes from params today are
+    the same network: same layers with the same settings and parameter count, and given the file's weights the
+    same probabilities bit for bit on sample notes. A changed param (without retraining) or a changed layer
+    fails here; so would a saved file that no longer loads."""
+    import keras
+    import soundfile as sf
+
+    import nsynth_cnn  # noqa: F401  (registers the custom layers)
+    path = ROOT / "weights" / f"{name}_cnn.keras"
+    files = sorted(SAMPLE_NOTES.glob("*.wav"))[::12]
+    if not path.is_file() or not files:
+        pytest.skip(f"{path} or {SAMPLE_NOTES} absent")
+    x = np.stack([sf.read(f, dtype="float32")[0] for f in files])
+    shipped = keras.models.load_model(path, compile=False)
+    built = models.build_model(name)
+    kinds = [[(layer.name, type(layer)) for layer in model.layers] for model in (built, shipped)]
+    assert kinds[0] == kinds[1]
+    for ours, theirs in zip(built.layers, shipped.layers):
+        assert ours.get_config() == theirs.get_config(), ours.name
+    assert built.count_params() == shipped.count_params()
+    built.set_weights(shipped.get_weights())
+    np.testing.assert_array_equal(built.predict(x, batch_size=len(x), verbose=0),
+                                  shipped.predict(x, batch_size=len(x), verbose=0))
+
+
 def test_models_are_trainable_one_step(built_models, probe_audio):
     """One SGD step on a fresh copy changes the weights and keeps the loss finite (gradients flow)."""
     import keras
@@ -107,6 +200,7 @@ def test_save_then_load_gives_identical_predictions(saved, built_models, tf_pred
     np.testing.assert_array_equal(np.asarray(loaded.predict(probe_audio, verbose=0)), tf_predictions[name])
 
 
+@pytest.mark.slow
 def test_saved_model_loads_under_jax(saved, tf_predictions, probe_audio, tmp_path):
     """A fresh interpreter on the JAX backend needs only ``import nsynth_cnn`` before ``load_model``.
     (A fresh TensorFlow process loading a saved file is exercised by test_cli's ``train`` run.)"""

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import N, make_notes, run_cli
-from nsynth_cnn import data, prepare
+from nsynth_cnn import data, prepare, schema, shards
 from nsynth_cnn.params import nsynth_family_to_label
 
 QUANT = 1.0 / 32768   # one step of 16-bit PCM
@@ -41,7 +41,7 @@ def kept(notes):
 
 def test_round_trip_same_notes_audio_within_quantisation(prepared_dir, ordered_notes):
     kind, files = data.resolve_source(prepared_dir)
-    assert kind == "tfrecord" and len(files) == 4 and data.record_parser(files) is prepare.parse_prepared
+    assert kind == "tfrecord" and len(files) == 4 and data.record_parser(files) is shards.parse_prepared
     audio, meta = data.load_arrays(prepared_dir)
     want = kept(ordered_notes)
     assert audio.shape == (60, N) and audio.dtype == np.float32
@@ -68,7 +68,7 @@ def test_stats_and_label_counts(prepared_dir):
     np.testing.assert_array_equal(data.label_counts(prepared_dir), np.full(10, PER_FAMILY))
     with open(prepared_dir / "prepared.json") as fh:
         marker = json.load(fh)
-    assert marker["format"] == prepare.FORMAT and len(marker["files"]) == 4
+    assert marker["format"] == shards.FORMAT and len(marker["files"]) == 4
     # int16: about half the bytes of the float32 source per note
     per_note = sum(os.path.getsize(f) for f in data.resolve_source(prepared_dir)[1]) / 60
     assert per_note < 2 * N + 1024
@@ -87,9 +87,9 @@ def test_first_batch_mixes_classes(prepared_dir, ordered_file):
 
 def test_quantize_bounds():
     x = np.array([0.0, 0.5, -0.5, 1.0, -1.0, 1.5, 1e-6], np.float32)
-    q = prepare.quantize(x)
+    q = shards.quantize(x)
     assert q.dtype == np.dtype("<i2") and q[3] == 32767 and q[4] == -32768 and q[5] == 32767
-    err = np.abs(prepare.dequantize(q) - np.clip(x, -1, 32767 / 32768))
+    err = np.abs(shards.dequantize(q) - np.clip(x, -1, 32767 / 32768))
     assert err.max() <= 0.5 * QUANT + 1e-9
 
 
@@ -99,19 +99,20 @@ def test_seeded_and_guarded(tmp_path, ordered_file, prepared_dir):
     for a, b in zip(data.resolve_source(out)[1], data.resolve_source(prepared_dir)[1]):
         with open(a, "rb") as fa, open(b, "rb") as fb:
             assert fa.read() == fb.read()                # same seed, same shards
-    with pytest.raises(data.DataError, match="overwrite"):
+    with pytest.raises(schema.DataError, match="overwrite"):
         prepare.prepare(ordered_file, str(out), shards=2, log=None)
     prepare.prepare(ordered_file, str(out), shards=2, seed=1, overwrite=True, log=None)
     assert len(data.resolve_source(out)[1]) == 2
     other = tmp_path / "busy"
     other.mkdir()
     (other / "notes.txt").write_text("x")
-    with pytest.raises(data.DataError, match="other files"):
+    with pytest.raises(schema.DataError, match="other files"):
         prepare.prepare(ordered_file, str(other), shards=2, log=None)
-    with pytest.raises(data.DataError, match="shards"):
+    with pytest.raises(schema.DataError, match="shards"):
         prepare.prepare(ordered_file, str(tmp_path / "zero"), shards=0, log=None)
 
 
+@pytest.mark.slow
 def test_cli(tmp_path, ordered_file):
     out = tmp_path / "cli"
     res = run_cli("prepare", "--src", ordered_file, "--out", out, "--shards", "3", timeout=300)
@@ -122,11 +123,11 @@ def test_cli(tmp_path, ordered_file):
 
 @pytest.mark.parametrize("source", ["ordered_file", "prepared_dir"])
 def test_lean_parse_gives_the_same_audio_and_labels(source, request):
-    """Training parses only audio + family (data.LEAN_FIELDS): same notes, audio and labels as the full parse."""
+    """Training parses only audio + family (schema.LEAN_FIELDS): same notes, audio and labels as the full parse."""
     path = request.getfixturevalue(source)
     files = data.resolve_source(path)[1]
     full = list(data.tfrecord_dataset(files).as_numpy_iterator())
-    lean = list(data.tfrecord_dataset(files, fields=data.LEAN_FIELDS).as_numpy_iterator())
+    lean = list(data.tfrecord_dataset(files, fields=schema.LEAN_FIELDS).as_numpy_iterator())
     assert len(lean) == len(full) == 60 and set(lean[0]) == {"audio", "instrument_family", "label"}
     for a, b in zip(full, lean):
         np.testing.assert_array_equal(a["audio"], b["audio"])

@@ -2,7 +2,7 @@
 changes no weights.
 
 The kill test runs the real CLI in subprocesses (3 epochs x 2 steps of 4 tiny notes) and kills each at a chosen
-moment through the test hook ``NSYNTH_TEST_KILL_DURING`` (see :mod:`nsynth_cnn.checkpoints`): while the best
+moment through the test hook ``NSYNTH_TEST_KILL_DURING`` (see :mod:`nsynth_cnn.faults`): while the best
 checkpoint is written, while the backup is written, during an epoch, and while the final network is written.
 The runs follow each other in one weights folder, so each also tests resuming from the one before.
 """
@@ -16,9 +16,9 @@ import signal
 import pytest
 
 from conftest import make_notes, run_cli, subprocess_env, train_valid_dir
-from nsynth_cnn import data
+from nsynth_cnn import data, schema
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.slow]   # CLI subprocesses, training
 
 EPOCHS = 3
 
@@ -138,7 +138,7 @@ def test_a_run_that_completed_no_epoch_writes_no_weights(tmp_path):
     from nsynth_cnn.params import AugmentParams, TrainParams
     old = b"previously trained weights"
     (tmp_path / "logmel_cnn.keras").write_bytes(old)
-    with pytest.raises(data.DataError, match="no training epoch was completed"):
+    with pytest.raises(schema.DataError, match="no training epoch was completed"):
         train._save_final(None, "logmel", str(tmp_path), TrainParams(), AugmentParams(), {"meta": {}})
     assert (tmp_path / "logmel_cnn.keras").read_bytes() == old
     assert sorted(os.listdir(tmp_path)) == ["logmel_cnn.keras"]

