@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -284,7 +285,7 @@ class CtrlCInDel:
     ignored" and dropped (the reported run that converted, trained and exited 0 after Ctrl-C)."""
 
     def __del__(self):
-        os.kill(os.getpid(), signal.SIGINT)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)   # to the main thread: handled at once
         time.sleep(0.1)                     # the signal handler runs here, inside __del__
 
 
@@ -303,13 +304,13 @@ def test_a_swallowed_ctrl_c_still_stops(tmp_path, capsys):
 
 
 SIGINT_IN_CONVERSION = textwrap.dedent("""
-    import os, signal, sys, time
+    import os, signal, sys, threading, time
     from nsynth_cnn import prepare
     from nsynth_cnn.__main__ import main
 
     class CtrlCInDel:
         def __del__(self):
-            os.kill(os.getpid(), signal.SIGINT)
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)   # to the main thread: handled at once
             time.sleep(0.2)                 # the signal handler runs inside __del__, where Python drops exceptions
 
     real, count = prepare.serialize_prepared, [0]

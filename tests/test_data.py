@@ -168,11 +168,7 @@ def test_jsonwav_label_counts_read_the_listing_without_decoding_audio(tmp_path, 
     assert not (jsonwav_dir / "stats.json").exists()
     np.testing.assert_array_equal(data.label_counts(jsonwav_dir), want)
     sub = kept(notes)[::3]
-    shutil.copytree(jsonwav_dir / "audio", tmp_path / "audio")
-    rows = ["note_str,instrument_family_str,instrument_source_str,pitch,velocity"]
-    rows += [f"{m['note_str']},{m['instrument_family_str']},{m['instrument_source_str']},{m['pitch']},"
-             f"{m['velocity']}" for m, _ in sub]
-    (tmp_path / "notes.csv").write_text("\n".join(rows) + "\n")
+    notes_csv_folder(tmp_path, jsonwav_dir, sub)
     np.testing.assert_array_equal(data.label_counts(tmp_path), np.bincount(
         [nsynth_family_to_label(m["instrument_family"]) for m, _ in sub], minlength=NUM_CLASSES))
     os.remove(tmp_path / "audio" / f"{sub[1][0]['note_str']}.wav")
@@ -396,14 +392,19 @@ def test_onset_trim_skips_leading_silence(tmp_path):
     assert np.max(np.abs(out[:SR // 2])) > 0.4
 
 
+def notes_csv_folder(folder, jsonwav_dir, notes):
+    """``folder`` as a hand-collected source: the wavs of ``jsonwav_dir`` and a ``notes.csv`` listing ``notes``."""
+    shutil.copytree(jsonwav_dir / "audio", folder / "audio")
+    rows = ["note_str,instrument_family_str,instrument_source_str,pitch,velocity"]
+    rows += [f"{m['note_str']},{m['instrument_family_str']},{m['instrument_source_str']},{m['pitch']},"
+             f"{m['velocity']}" for m, _ in notes]
+    (folder / "notes.csv").write_text("\n".join(rows) + "\n")
+
+
 def test_notes_csv_folder_reads_like_examples_json(tmp_path, jsonwav_dir, notes):
     """A folder of wavs + notes.csv (note_str, family, source, pitch, velocity) is a data source too."""
     sub = kept(notes)[::3]
-    shutil.copytree(jsonwav_dir / "audio", tmp_path / "audio")
-    rows = ["note_str,instrument_family_str,instrument_source_str,pitch,velocity"]
-    rows += [f"{m['note_str']},{m['instrument_family_str']},{m['instrument_source_str']},{m['pitch']},"
-             f"{m['velocity']}" for m, _ in sub]
-    (tmp_path / "notes.csv").write_text("\n".join(rows) + "\n")
+    notes_csv_folder(tmp_path, jsonwav_dir, sub)
     audio, meta = data.load_arrays(tmp_path)
     assert sorted(meta["note_str"]) == sorted(m["note_str"] for m, _ in sub)
     for m, a in sub:

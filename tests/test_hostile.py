@@ -81,6 +81,7 @@ MEASURE = textwrap.dedent("""
     import io, json, os, resource, sys, tracemalloc
     import numpy as np
     from nsynth_cnn import data
+    from nsynth_cnn.audio import load_audio
     from nsynth_cnn.tools.serve import create_app
 
     def rss_kb(key):
