@@ -1,4 +1,6 @@
-"""NSynth data layer: readers of the TFRecord and JSON+wav layouts, training batches, a writer.
+"""NSynth data readers: the TFRecord (NSynth's schema, prepared shards, TFDS) and JSON+wav layouts, one element each.
+
+Training batches are made in :mod:`nsynth_cnn.batches`; NSynth-format files are written by :mod:`nsynth_cnn.writers`.
 
 Every reader yields the element of :mod:`nsynth_cnn.schema` (audio, label, NSynth metadata); prepared int16
 shards (:mod:`nsynth_cnn.shards`) are read like any other TFRecord source.
@@ -12,18 +14,16 @@ import itertools
 import json
 import os
 import re
-import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from . import schema, shards
-from .atomic import write_json_atomic
 from .audio import load_audio
 from .params import (AUDIO, NSYNTH_FAMILY_NAMES, NSYNTH_QUALITY_NAMES, NSYNTH_SOURCE_NAMES,
-                     NUM_CLASSES, SYNTH_LEAD_ID, nsynth_family_to_label)
-from .schema import (INT_FEATURES, LEAN_FIELDS, STR_FEATURES, DataError, element_signature, metadata_element,
+                     SYNTH_LEAD_ID)
+from .schema import (STR_FEATURES, DataError, element_signature, metadata_element,
                      parse_serialized, tensorflow)
 
 
@@ -207,7 +207,7 @@ def read_examples_json(folder: str) -> dict:
     return meta
 
 
-def _jsonwav_listing(folder: str) -> tuple[str, dict, list[str | None]]:
+def jsonwav_listing(folder: str) -> tuple[str, dict, list[str | None]]:
     """``(listing, meta, notes)`` of a JSON+wav folder: the file that lists its notes (examples.json or
     notes.csv), their metadata by note_str, and every note_str in sorted order (``None`` for synth_lead notes,
     which readers drop). Each note's metadata is checked to be an object with an NSynth family, before any audio
@@ -233,7 +233,7 @@ def _jsonwav_order(notes: list[str | None], shuffle_seed=None) -> list[str]:
     return [n for n in notes if n is not None]
 
 
-def _jsonwav_wav(folder: str, note_str: str) -> str:
+def jsonwav_wav(folder: str, note_str: str) -> str:
     """The wav file of a listed note; a :class:`DataError` when it is missing."""
     wav = os.path.join(folder, "audio", f"{note_str}.wav")
     if not os.path.isfile(wav):
@@ -243,7 +243,7 @@ def _jsonwav_wav(folder: str, note_str: str) -> str:
 
 def _jsonwav_element(folder: str, listing: str, meta: dict, note_str: str) -> dict:
     """One note's element (numpy): its wav decoded, its metadata checked."""
-    wav = _jsonwav_wav(folder, note_str)
+    wav = jsonwav_wav(folder, note_str)
     where = f"{listing}: note {note_str}"
     return metadata_element(meta[note_str], note_audio(wav, where), where=where)
 
@@ -254,7 +254,7 @@ def jsonwav_records(folder: str, shuffle_seed=None) -> Iterator[dict]:
     note_str order is sorted by family, so training needs the shuffled order (the metadata is in memory, so
     shuffling the note list costs nothing). One note at a time in this thread; :func:`jsonwav_dataset` reads
     the same notes in the same order, in parallel."""
-    listing, meta, notes = _jsonwav_listing(folder)
+    listing, meta, notes = jsonwav_listing(folder)
     for note_str in _jsonwav_order(notes, shuffle_seed):
         yield _jsonwav_element(folder, listing, meta, note_str)
 
@@ -269,7 +269,7 @@ def jsonwav_dataset(folder: str, shuffle_seed: int | None = None):
     and the file reads release the GIL) and come out in the listed order, the order of :func:`jsonwav_records`.
     A missing or bad wav raises its :class:`DataError` (wrapped by tf.data; :func:`iterate` unwraps it)."""
     tf = tensorflow()
-    listing, meta, notes = _jsonwav_listing(folder)
+    listing, meta, notes = jsonwav_listing(folder)
     names_sig = tf.TensorSpec([None], tf.string)
     if shuffle_seed is None:
         order = [n.encode() for n in _jsonwav_order(notes)]
@@ -396,195 +396,3 @@ def load_arrays(path, limit: int | None = None) -> tuple[np.ndarray, dict[str, n
     for k in STR_FEATURES:
         meta[k] = np.array([s.decode() for s in meta[k]])
     return audio, meta
-
-
-# ----------------------------------------------------------------------------------------------- training input
-def training_dataset(path, *, batch_size: int, shuffle_buffer: int, seed: int,
-                     class_weights: np.ndarray | None = None, repeat: bool = False, cache: bool = False):
-    """Batches of ``(audio, label[, sample_weight])`` for ``model.fit``.
-
-    Shuffling: the official train file is sorted by family, so a shuffle buffer smaller than a family
-    gives single-class batches. Several shard files are read interleaved and shuffled at file level; a JSON+wav
-    folder is read in a seeded random note order; for the official single file, pass the path through
-    :func:`nsynth_cnn.prepare.ensure_mixed` first (one-time conversion to shuffled int16 shards, reused).
-    :func:`families_per_batch` measures the result.
-    """
-    tf = tensorflow()
-    kind, files = resolve_source(path)
-    weights = None if class_weights is None else tf.constant(class_weights, tf.float32)
-
-    def to_xy(e):
-        if weights is None:
-            return e["audio"], e["label"]
-        return e["audio"], e["label"], tf.gather(weights, e["label"])
-
-    if cache and not _fits_in_ram(kind, files):
-        warnings.warn(f"{path}: its audio as float32 would fill more than half the RAM; not caching it "
-                      "(each epoch reads it again; prepared shards keep that fast).", stacklevel=2)
-        cache = False
-    if kind == "tfrecord" and not cache and shards.is_prepared(files):
-        return _prepared_batches(files, batch_size, shuffle_buffer, seed, repeat, to_xy)
-    ds = (tfrecord_dataset(files, shuffle_seed=seed, fields=LEAN_FIELDS) if kind == "tfrecord"
-          else jsonwav_dataset(files[0], shuffle_seed=seed))
-    ds = ds.map(to_xy, num_parallel_calls=tf.data.AUTOTUNE)
-    if cache:
-        ds = ds.cache()
-    if shuffle_buffer:
-        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-
-
-def _prepared_batches(files, batch_size, shuffle_buffer, seed, repeat, to_xy):
-    """Training batches streamed from prepared int16 shards (no cache). The shuffle buffer holds the serialized
-    records: half the bytes of parsed float32 audio (4,096 notes: 0.5 instead of 1 GB). Each batch is then
-    parsed in one call and goes to the model as it is (no per-note unbatch and re-batch): 1.3-1.5x the notes/s of
-    the element-wise reader (docs/performance.md). Prepared shards hold no synth_lead, so nothing is filtered.
-    NSynth's own float32 records are as big serialized as parsed, and filtering synth_lead out of them before
-    batching cost more than it saved, so they keep the element-wise reader."""
-    tf = tensorflow()
-    ds = record_dataset(files, shuffle_seed=seed)
-    if shuffle_buffer:
-        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
-    parser = record_parser(files)
-    ds = ds.batch(batch_size).map(lambda s: to_xy(parser(s, LEAN_FIELDS)), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
-
-
-def _fits_in_ram(kind: str, files: list[str], fraction: float = 0.5) -> bool:
-    """Whether the source's audio as float32 (what ``Dataset.cache()`` keeps) fits in ``fraction`` of RAM."""
-    if kind == "jsonwav":
-        size = 2 * sum(os.path.getsize(f) for f in glob.glob(os.path.join(files[0], "audio", "*.wav")))
-    else:
-        size = sum(os.path.getsize(f) for f in files) * (2 if shards.is_prepared(files) else 1)
-    try:
-        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return True
-    return size < fraction * ram
-
-
-def label_counts(path) -> np.ndarray:
-    """Notes per class. Uses ``stats.json`` beside the data when present (written by corpus/prepare); for a
-    JSON+wav folder the families in examples.json / notes.csv (no audio decoded); otherwise reads the labels."""
-    kind, files = resolve_source(path)
-    stats = os.path.join(os.path.dirname(files[0]) if kind == "tfrecord" else files[0], "stats.json")
-    if os.path.isfile(stats):
-        with open(stats) as fh:
-            counts = json.load(fh).get("label_counts")
-        if counts and len(counts) == NUM_CLASSES:
-            return np.asarray(counts, np.int64)
-    if kind == "jsonwav":       # the families are in the listing: no wav is decoded, each is only looked for
-        folder = files[0]
-        _, meta, notes = _jsonwav_listing(folder)
-        kept = [n for n in notes if n is not None]
-        for note_str in kept:
-            _jsonwav_wav(folder, note_str)
-        labels = [nsynth_family_to_label(int(meta[n]["instrument_family"])) for n in kept]
-        return np.bincount(np.asarray(labels, np.int64), minlength=NUM_CLASSES).astype(np.int64)
-    ds = nsynth_dataset(path).map(lambda e: e["label"])
-    counts = np.zeros(NUM_CLASSES, np.int64)
-    for lab in iterate(ds.batch(4096), path):
-        counts += np.bincount(lab, minlength=NUM_CLASSES)
-    return counts
-
-
-def families_per_batch(dataset, batches: int = 20) -> float:
-    """Mean number of distinct labels per batch over the first ``batches`` batches of a training dataset of
-    ``(x, y[, w])`` batches (y: int labels, or one-hot / soft rows, counted by their largest entry). About 1-2
-    for a family-sorted source read through a small shuffle buffer; close to 10 when the notes are mixed."""
-    seen = []
-    for batch in dataset.take(batches).as_numpy_iterator():
-        y = np.asarray(batch[1])
-        labels = y.argmax(axis=-1) if y.ndim > 1 else y.reshape(-1)
-        seen.append(len(np.unique(labels)))
-    if not seen:
-        raise DataError("families_per_batch: the dataset yielded no batch.")
-    return float(np.mean(seen))
-
-
-def balanced_class_weights(counts: np.ndarray) -> np.ndarray:
-    """Inverse-frequency weights, normalised so that the average weight per note is 1."""
-    counts = np.asarray(counts, np.float64)
-    present = counts > 0
-    w = np.zeros_like(counts)
-    w[present] = counts[present].sum() / (present.sum() * counts[present])
-    return w.astype(np.float32)
-
-
-# ----------------------------------------------------------------------------------------------- writing
-def _bytes(v):
-    tf = tensorflow()
-    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v if isinstance(v, bytes) else str(v).encode()]))
-
-
-def _ints(vs):
-    tf = tensorflow()
-    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in np.atleast_1d(vs)]))
-
-
-def serialize_note(meta: Mapping[str, Any], audio: np.ndarray) -> bytes:
-    """One NSynth-schema tf.train.Example, serialized deterministically. ``meta`` uses NSynth's JSON keys (see
-    :func:`note_metadata`)."""
-    tf = tensorflow()
-    audio = np.asarray(audio, np.float32)
-    if audio.shape != (AUDIO.num_samples,):
-        raise DataError(f"note {meta.get('note_str')}: audio has shape {audio.shape}, expected "
-                        f"({AUDIO.num_samples},). Pad/trim to 4 s at 16 kHz first (nsynth_cnn.audio.fit_length).")
-    q = np.asarray(meta.get("qualities", [0] * len(NSYNTH_QUALITY_NAMES)), np.int64)
-    feats = {k: _ints(meta[k]) for k in INT_FEATURES}
-    feats.update({k: _bytes(meta[k]) for k in STR_FEATURES})
-    feats["audio"] = tf.train.Feature(float_list=tf.train.FloatList(value=audio.tolist()))  # list: 4x faster
-    feats["qualities"] = _ints(q)
-    names = [n for n, on in zip(NSYNTH_QUALITY_NAMES, q) if on]
-    feats["qualities_str"] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[n.encode() for n in names]))
-    # deterministic: map order fixed, so the same notes give the same bytes in every process
-    return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString(deterministic=True)
-
-
-def note_metadata(*, family: str, source: str, instrument: int, pitch: int, velocity: int,
-                  note: int = 0, instrument_str: str | None = None,
-                  qualities: Iterable[int] | None = None) -> dict:
-    """NSynth JSON metadata for one note, with NSynth's naming (``family_source_NNN-PPP-VVV``)."""
-    fam_id = NSYNTH_FAMILY_NAMES.index(family)
-    src_id = NSYNTH_SOURCE_NAMES.index(source)
-    inst_str = instrument_str or f"{family}_{source}_{instrument:03d}"
-    return {
-        "note": int(note), "note_str": f"{inst_str}-{pitch:03d}-{velocity:03d}",
-        "instrument": int(instrument), "instrument_str": inst_str,
-        "pitch": int(pitch), "velocity": int(velocity), "sample_rate": AUDIO.sample_rate_hz,
-        "qualities": list(qualities) if qualities is not None else [0] * len(NSYNTH_QUALITY_NAMES),
-        "qualities_str": [n for n, on in zip(NSYNTH_QUALITY_NAMES, qualities or []) if on],
-        "instrument_family": fam_id, "instrument_family_str": family,
-        "instrument_source": src_id, "instrument_source_str": source,
-    }
-
-
-def write_tfrecord(path: str, notes: Iterable[tuple[Mapping[str, Any], np.ndarray]]) -> int:
-    """Write ``(meta, audio)`` pairs as an NSynth-schema TFRecord, atomically. Returns the count. The same notes
-    give the same bytes in any process (:func:`serialize_note` is deterministic)."""
-    tf = tensorflow()
-    tmp = f"{path}.tmp"
-    n = 0
-    with tf.io.TFRecordWriter(tmp) as w:
-        for meta, audio in notes:
-            w.write(serialize_note(meta, audio))
-            n += 1
-    os.replace(tmp, path)
-    return n
-
-
-def write_jsonwav(folder: str, notes: Iterable[tuple[Mapping[str, Any], np.ndarray]]) -> int:
-    """Write ``(meta, audio)`` pairs in NSynth's JSON+wav layout (16-bit PCM wav). Returns the count."""
-    import soundfile as sf
-    os.makedirs(os.path.join(folder, "audio"), exist_ok=True)
-    meta_all = {}
-    for meta, audio in notes:
-        sf.write(os.path.join(folder, "audio", f"{meta['note_str']}.wav"),
-                 np.clip(audio, -1.0, 1.0), AUDIO.sample_rate_hz, subtype="PCM_16")
-        meta_all[meta["note_str"]] = dict(meta)
-    write_json_atomic(os.path.join(folder, "examples.json"), meta_all, sort_keys=True)
-    return len(meta_all)

@@ -10,7 +10,7 @@ every epoch reads 256 KB per note. ``prepare`` fixes both, streaming, with bound
    the float32 size, no precision lost for NSynth (its audio is 16-bit PCM to begin with).
 2. Shuffle each shard in memory (one shard at a time: memory is bounded by the shard size, ~128 MB by
    default) and write it out as ``nsynth-prepared-SSSSS-of-NNNNN.tfrecord``.
-3. Write ``stats.json`` (``label_counts`` etc., read by :func:`nsynth_cnn.data.label_counts`) and, last,
+3. Write ``stats.json`` (``label_counts`` etc., read by :func:`nsynth_cnn.batches.label_counts`) and, last,
    the ``prepared.json`` marker. The readers in :mod:`nsynth_cnn.data` recognise a folder (or glob) of
    prepared shards by that marker and parse them with :func:`parse_prepared` into the same element dict as
    :func:`nsynth_cnn.schema.parse_serialized`, so ``train --train DIR`` / ``evaluate --data DIR`` just work.
@@ -416,7 +416,7 @@ def _writable(folder: str) -> bool:
 
 def ensure_mixed(path, *, seed: int = 0, log: Callable[[str], None] | None = print, shards: int | None = None,
                  chunk_notes: int = CHUNK_NOTES, cache_dir: str | None = None) -> str:
-    """A path whose notes come out family-mixed through :func:`nsynth_cnn.data.training_dataset`.
+    """A path whose notes come out family-mixed through :func:`nsynth_cnn.batches.training_dataset`.
 
     Prepared shards, sources of 16 or more TFRecord files (read interleaved in shuffled file order), NSynth as
     TFDS stores it (TFDS shuffles the notes when it writes them) and JSON+wav folders (read in a seeded random

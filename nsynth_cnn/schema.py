@@ -87,7 +87,7 @@ def length_error(where: str, samples: int | None) -> DataError:
     """The one message every reader gives for audio that is not 64,000 samples (``samples`` None: count unknown)."""
     have = f"has {samples} samples" if samples is not None else "does not have the expected length"
     return DataError(f"{where}: audio {have}, not {AUDIO.num_samples}: NSynth notes are 4 s at 16 kHz. Pad or trim "
-                     "each note to 4 s (nsynth_cnn.audio.fit_length) and write the data again (data.write_tfrecord).")
+                     "each note to 4 s (nsynth_cnn.audio.fit_length) and write the data again (nsynth_cnn.writers.write_tfrecord).")
 
 
 def nonfinite_error(where: str) -> DataError:

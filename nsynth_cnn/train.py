@@ -21,7 +21,7 @@ import sys
 import time
 import warnings
 
-from . import data, prepare
+from . import batches, data, prepare
 from .schema import DataError
 from .atomic import replace_atomic, write_json_atomic
 from .params import AUDIO, FAMILIES, MODEL_NAMES, RECIPE, AugmentParams, CpuCost, Stage, TrainParams
@@ -276,7 +276,7 @@ def _earlier_stages(name: str, init_from: str | None) -> list[dict]:
 
 def _checked_counts(train_data, p: TrainParams):
     """Notes per family of the training data; a :class:`DataError` when there is nothing to train on."""
-    counts = data.label_counts(train_data)
+    counts = batches.label_counts(train_data)
     print("train notes per family: " + ", ".join(f"{f}={c}" for f, c in zip(FAMILIES, counts)))
     if counts.sum() == 0:
         raise DataError(f"{train_data}: no usable training notes (empty, or only synth_lead notes). Point "
@@ -291,13 +291,13 @@ def _checked_counts(train_data, p: TrainParams):
 def _datasets(train_data, valid_data, p: TrainParams, counts, cache: bool, steps_per_epoch):
     """``(train, valid)`` batches of ``(audio, one-hot target, sample weight)`` / ``(audio, one-hot target)``. A
     teacher's probabilities are not mixed in here but in the training step (:func:`with_teacher`)."""
-    weights = data.balanced_class_weights(counts) if p.class_balance == "weights" else None
-    train_ds = data.training_dataset(train_data, batch_size=p.batch_size, shuffle_buffer=p.shuffle_buffer,
+    weights = batches.balanced_class_weights(counts) if p.class_balance == "weights" else None
+    train_ds = batches.training_dataset(train_data, batch_size=p.batch_size, shuffle_buffer=p.shuffle_buffer,
                                      seed=p.seed, class_weights=weights, cache=cache,
                                      repeat=steps_per_epoch is not None).map(_one_hot)
     valid_ds = None
     if valid_data is not None:
-        valid_ds = data.training_dataset(valid_data, batch_size=p.batch_size, shuffle_buffer=0, seed=p.seed,
+        valid_ds = batches.training_dataset(valid_data, batch_size=p.batch_size, shuffle_buffer=0, seed=p.seed,
                                          cache=cache).map(_one_hot)
     return train_ds, valid_ds
 
@@ -313,7 +313,7 @@ def _check_mixing(train_ds, counts, batch_size: int) -> float:
     """Mean number of families in the first training batches; a :class:`DataError` when a source that holds
     every family gives batches of fewer than 5 (or half what random batches of this size would hold, for tiny
     batches): a family-ordered file read without shuffling."""
-    mixing = data.families_per_batch(train_ds, batches=DIAGNOSTIC_BATCHES)
+    mixing = batches.families_per_batch(train_ds, batches=DIAGNOSTIC_BATCHES)
     present = int((counts > 0).sum())
     print(f"families per batch (first {DIAGNOSTIC_BATCHES} batches): {mixing:.1f} of {present}")
     if present == len(FAMILIES) and mixing < min(MIN_FAMILIES_PER_BATCH, expected_families(counts, batch_size) / 2):

@@ -52,14 +52,14 @@ def synth_note(family_id: int, pitch: int, velocity: int) -> np.ndarray:
 
 def make_notes(per_family: int = 2, families=range(11)) -> list[tuple[dict, np.ndarray]]:
     """``(meta, audio)`` pairs with NSynth metadata; instrument ids unique per (family, index)."""
-    from nsynth_cnn import data
+    from nsynth_cnn import writers
     from nsynth_cnn.params import NSYNTH_FAMILY_NAMES
     notes = []
     for fam in families:
         for k in range(per_family):
             pitch, vel = 48 + 7 * k + fam, (25, 50, 75, 100, 127)[(fam + k) % 5]
             q = [int(b) for b in np.random.default_rng(fam * 10 + k).integers(0, 2, 10)]
-            meta = data.note_metadata(family=NSYNTH_FAMILY_NAMES[fam], source=FAMILY_SOURCES[fam],
+            meta = writers.note_metadata(family=NSYNTH_FAMILY_NAMES[fam], source=FAMILY_SOURCES[fam],
                                       instrument=fam * 10 + k, pitch=pitch, velocity=vel, qualities=q)
             meta["note"] = len(notes)
             notes.append((meta, synth_note(fam, pitch, vel)))
@@ -68,10 +68,10 @@ def make_notes(per_family: int = 2, families=range(11)) -> list[tuple[dict, np.n
 
 def train_valid_dir(root: Path) -> Path:
     """``root/train.tfrecord`` (the 22 notes of :func:`make_notes`) and ``root/valid`` (every second one, JSON+wav)."""
-    from nsynth_cnn import data
+    from nsynth_cnn import writers
     notes = make_notes()
-    data.write_tfrecord(str(root / "train.tfrecord"), notes)
-    data.write_jsonwav(str(root / "valid"), notes[1::2])
+    writers.write_tfrecord(str(root / "train.tfrecord"), notes)
+    writers.write_jsonwav(str(root / "valid"), notes[1::2])
     return root
 
 
@@ -83,17 +83,17 @@ def notes():
 
 @pytest.fixture(scope="session")
 def tfrecord_file(tmp_path_factory, notes):
-    from nsynth_cnn import data
+    from nsynth_cnn import writers
     path = tmp_path_factory.mktemp("tfrecord") / "nsynth-tiny.tfrecord"
-    assert data.write_tfrecord(str(path), notes) == len(notes)
+    assert writers.write_tfrecord(str(path), notes) == len(notes)
     return path
 
 
 @pytest.fixture(scope="session")
 def jsonwav_dir(tmp_path_factory, notes):
-    from nsynth_cnn import data
+    from nsynth_cnn import writers
     folder = tmp_path_factory.mktemp("jsonwav") / "nsynth-tiny"
-    assert data.write_jsonwav(str(folder), notes) == len(notes)
+    assert writers.write_jsonwav(str(folder), notes) == len(notes)
     return folder
 
 

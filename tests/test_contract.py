@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 
 from conftest import N, SR, make_notes, subprocess_env
-from nsynth_cnn import data, prepare, schema, shards, weights
+from nsynth_cnn import batches, data, prepare, schema, shards, weights, writers
 from nsynth_cnn.__main__ import main
 from nsynth_cnn.params import NSYNTH_FAMILY_NAMES, NSYNTH_QUALITY_NAMES
 
@@ -32,7 +32,7 @@ def cheap_notes(per_family: int, families=range(11)):
     for fam in families:
         src = "synthetic" if fam in (9, 10) else "acoustic"
         for i in range(per_family):
-            meta = data.note_metadata(family=NSYNTH_FAMILY_NAMES[fam], source=src, instrument=fam * 100 + i,
+            meta = writers.note_metadata(family=NSYNTH_FAMILY_NAMES[fam], source=src, instrument=fam * 100 + i,
                                       pitch=30 + i, velocity=(25, 50, 75, 100, 127)[i % 5], note=k,
                                       qualities=[(i >> b) & 1 for b in range(10)])
             audio = np.zeros(N, np.float32)
@@ -51,9 +51,9 @@ RUN = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, os.path.dirname(sys.argv[1]))
     from test_contract import cheap_notes
-    from nsynth_cnn import data, prepare
+    from nsynth_cnn import batches, data, prepare, writers
     tests_file, written, src, out, kill_at = sys.argv[1:6]
-    data.write_tfrecord(written, cheap_notes(2))
+    writers.write_tfrecord(written, cheap_notes(2))
     if int(kill_at):                      # SIGKILL in the middle of a chunk of pass 1: nothing cleaned up
         real = prepare._source_elements
         def dying(src, skip=0):
@@ -78,7 +78,7 @@ def test_same_bytes_in_every_process_and_after_a_kill(tmp_path):
     """write_tfrecord and prepare give the same bytes in processes with other hash seeds; a prepare run killed in
     pass 1 and resumed by another process gives the shards of an uninterrupted run."""
     src = tmp_path / "nsynth-train.tfrecord"
-    data.write_tfrecord(str(src), cheap_notes(8))                      # 88 notes: 6 chunks of 16
+    writers.write_tfrecord(str(src), cheap_notes(8))                      # 88 notes: 6 chunks of 16
     proc = _run(tmp_path, "w1", "clean", 0, seed=1)
     assert proc.returncode == 0, proc.stderr[-3000:]
     proc = _run(tmp_path, "w2", "killed", 40, seed=2)                  # killed in the third chunk
@@ -91,7 +91,7 @@ def test_same_bytes_in_every_process_and_after_a_kill(tmp_path):
     assert len(clean) == 4 and shard_bytes(tmp_path / "killed") == clean
     prepare.prepare(str(src), str(tmp_path / "here"), shards=3, chunk_notes=16, log=None)
     assert shard_bytes(tmp_path / "here") == clean                     # and this process, whatever its seed
-    data.write_tfrecord(str(tmp_path / "w0.tfrecord"), cheap_notes(2))
+    writers.write_tfrecord(str(tmp_path / "w0.tfrecord"), cheap_notes(2))
     written = {(tmp_path / f"w{i}.tfrecord").read_bytes() for i in range(4)}
     assert len(written) == 1
 
@@ -150,7 +150,7 @@ def make_layout(tmp_path, layout, case):
         folder = tmp_path / layout
         folder.mkdir()
         if layout == "tfrecord":
-            examples = [_example(data.serialize_note(m, a)) for m, a in ((good_m, good_a), (bad_m, bad_a))]
+            examples = [_example(writers.serialize_note(m, a)) for m, a in ((good_m, good_a), (bad_m, bad_a))]
             audio_key, path = "audio", folder / "nsynth-test.tfrecord"
         elif layout == "prepared":
             examples = [_example(shards.serialize_prepared(m, shards.quantize(a)))
@@ -175,7 +175,7 @@ def make_layout(tmp_path, layout, case):
     folder = tmp_path / layout
     if case == "missing":
         del bad_m["pitch"]
-    data.write_jsonwav(str(folder), [(good_m, good_a), (bad_m, bad_a)])
+    writers.write_jsonwav(str(folder), [(good_m, good_a), (bad_m, bad_a)])
     wav = folder / "audio" / f"{name}.wav"
     if case == "nonfinite":
         sf.write(str(wav), bad_a, SR, subtype="FLOAT")                  # a float wav can hold NaN
@@ -226,7 +226,7 @@ def test_every_reader_rejects_the_same_notes_with_the_same_message(tmp_path, lay
     assert str(err.value) == expected_error(case, layout, where)
     if case != "missing":                  # training reads only audio + family: same message, same source named
         with pytest.raises(schema.DataError) as err:
-            list(data.iterate(data.training_dataset(source, batch_size=2, shuffle_buffer=0, seed=0), source))
+            list(data.iterate(batches.training_dataset(source, batch_size=2, shuffle_buffer=0, seed=0), source))
         msg = str(err.value)
         assert msg.startswith(str(source)) and msg.endswith(expected_error(case, layout, "x")[1:]), msg
 
@@ -238,9 +238,9 @@ def test_good_notes_still_read_alike_in_every_layout(tmp_path):
         folder = tmp_path / layout
         if layout == "tfrecord":
             folder.mkdir()
-            data.write_tfrecord(str(folder / "x.tfrecord"), [(good_m, good_a), (other_m, other_a)])
+            writers.write_tfrecord(str(folder / "x.tfrecord"), [(good_m, good_a), (other_m, other_a)])
         else:
-            data.write_jsonwav(str(folder), [(good_m, good_a), (other_m, other_a)])
+            writers.write_jsonwav(str(folder), [(good_m, good_a), (other_m, other_a)])
         audio, meta = data.load_arrays(folder)
         assert sorted(meta["note_str"]) == sorted([good_m["note_str"], other_m["note_str"]])
         assert audio.shape == (2, N) and np.all(np.isfinite(audio))
@@ -251,7 +251,7 @@ def _gzip_tfrecord(path, notes):
     tf = schema.tensorflow()
     with tf.io.TFRecordWriter(str(path), options="GZIP") as w:
         for meta, audio in notes:
-            w.write(data.serialize_note(meta, audio))
+            w.write(writers.serialize_note(meta, audio))
 
 
 def test_gzip_is_told_by_its_magic_bytes_whatever_the_name(tmp_path, tfrecord_file):
@@ -279,7 +279,7 @@ def test_gzip_is_told_by_its_magic_bytes_whatever_the_name(tmp_path, tfrecord_fi
     kind, files = data.resolve_source(folder)
     assert prepare._estimate_notes(kind, files) is None                  # a compressed file: count unknown
     prepare.prepare(str(folder), str(tmp_path / "prepared"), shards=2, log=None)
-    assert data.label_counts(tmp_path / "prepared").sum() == 11 + 20           # synth_lead dropped from b
+    assert batches.label_counts(tmp_path / "prepared").sum() == 11 + 20           # synth_lead dropped from b
     tfds = tmp_path / "tfds"
     tfds.mkdir()
     tf = schema.tensorflow()

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import N, run_cli
-from nsynth_cnn import data, schema
+from nsynth_cnn import batches, data, schema
 from nsynth_cnn.tools import corpus
 from nsynth_cnn.params import FAMILIES, NSYNTH_FAMILY_NAMES, NSYNTH_SOURCE_NAMES
 
@@ -97,7 +97,7 @@ def test_corpus_splits_share_no_instrument(tiny_corpus):
         counts = np.bincount([m["label"] for _, m in notes.values()], minlength=10).tolist()
         assert stats[split]["label_counts"] == counts and stats[split]["notes"] == len(notes)
         # label_counts() must take the same numbers from the split's stats.json
-        assert data.label_counts(out / split).tolist() == counts
+        assert batches.label_counts(out / split).tolist() == counts
 
 
 @needs_renderer

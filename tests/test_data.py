@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 from conftest import N, ROOT, SR, shared_path, tone
-from nsynth_cnn import data, schema
+from nsynth_cnn import batches, data, schema, writers
 from nsynth_cnn.audio import load_audio
 from nsynth_cnn.params import FAMILIES, NSYNTH_FAMILY_NAMES, NUM_CLASSES, label_to_nsynth_family, \
     nsynth_family_to_label
@@ -97,12 +97,12 @@ def test_reader_accepts_folder_glob_and_gzip(tmp_path, notes):
     sub = kept(notes)[:6]
     folder = tmp_path / "shards"
     folder.mkdir()
-    data.write_tfrecord(str(folder / "a.tfrecord-00000-of-00002"), sub[:3])
-    data.write_tfrecord(str(folder / "a.tfrecord-00001-of-00002"), sub[3:])
+    writers.write_tfrecord(str(folder / "a.tfrecord-00000-of-00002"), sub[:3])
+    writers.write_tfrecord(str(folder / "a.tfrecord-00001-of-00002"), sub[3:])
     gz = tmp_path / "one.tfrecord.gz"
     with tf.io.TFRecordWriter(str(gz), options="GZIP") as w:
         for m, a in sub:
-            w.write(data.serialize_note(m, a))
+            w.write(writers.serialize_note(m, a))
     want = sorted(m["note_str"] for m, _ in sub)
     for src in (folder, str(folder / "*.tfrecord-*"), gz):
         audio, meta = data.load_arrays(src)
@@ -112,20 +112,20 @@ def test_reader_accepts_folder_glob_and_gzip(tmp_path, notes):
 
 
 def test_training_dataset_batches_and_class_weights(tfrecord_file):
-    counts = data.label_counts(tfrecord_file)
+    counts = batches.label_counts(tfrecord_file)
     np.testing.assert_array_equal(counts, np.full(10, 2))
     uneven = np.array([10, 0, 5, 5, 0, 0, 0, 0, 0, 20])
-    w = data.balanced_class_weights(uneven)
+    w = batches.balanced_class_weights(uneven)
     assert w[1] == 0 and w[9] < w[2] < w[0] * 2.1
     assert np.isclose((w * uneven).sum() / uneven.sum(), 1.0)    # average weight per note is 1
     np.testing.assert_allclose(w[uneven > 0] * uneven[uneven > 0], w[0] * 10)   # each class weighs the same
-    weights = data.balanced_class_weights(counts)
-    ds = data.training_dataset(tfrecord_file, batch_size=8, shuffle_buffer=32, seed=0, class_weights=weights)
-    batches = list(data.iterate(ds, tfrecord_file))
-    assert [b[0].shape for b in batches] == [(8, N), (8, N), (4, N)]
-    labels = np.concatenate([b[1] for b in batches])
+    weights = batches.balanced_class_weights(counts)
+    ds = batches.training_dataset(tfrecord_file, batch_size=8, shuffle_buffer=32, seed=0, class_weights=weights)
+    got = list(data.iterate(ds, tfrecord_file))
+    assert [b[0].shape for b in got] == [(8, N), (8, N), (4, N)]
+    labels = np.concatenate([b[1] for b in got])
     assert sorted(labels) == sorted(list(range(10)) * 2)
-    np.testing.assert_allclose(np.concatenate([b[2] for b in batches]), 1.0)
+    np.testing.assert_allclose(np.concatenate([b[2] for b in got]), 1.0)
 
 
 # ----------------------------------------------------------------------------------------------- JSON+wav
@@ -166,14 +166,14 @@ def test_jsonwav_label_counts_read_the_listing_without_decoding_audio(tmp_path, 
     monkeypatch.setattr(sf, "read", no_decoding)
     want = np.bincount([nsynth_family_to_label(m["instrument_family"]) for m, _ in kept(notes)], minlength=NUM_CLASSES)
     assert not (jsonwav_dir / "stats.json").exists()
-    np.testing.assert_array_equal(data.label_counts(jsonwav_dir), want)
+    np.testing.assert_array_equal(batches.label_counts(jsonwav_dir), want)
     sub = kept(notes)[::3]
     notes_csv_folder(tmp_path, jsonwav_dir, sub)
-    np.testing.assert_array_equal(data.label_counts(tmp_path), np.bincount(
+    np.testing.assert_array_equal(batches.label_counts(tmp_path), np.bincount(
         [nsynth_family_to_label(m["instrument_family"]) for m, _ in sub], minlength=NUM_CLASSES))
     os.remove(tmp_path / "audio" / f"{sub[1][0]['note_str']}.wav")
     with pytest.raises(schema.DataError, match=f"{sub[1][0]['note_str']}.wav is listed in examples.json but missing"):
-        data.label_counts(tmp_path)
+        batches.label_counts(tmp_path)
 
 
 def test_parallel_jsonwav_reader_yields_the_notes_in_the_order_of_the_sequential_one(jsonwav_dir, notes, monkeypatch):
@@ -253,7 +253,7 @@ def test_examples_json_broken_or_empty(tmp_path):
 
 
 def test_jsonwav_missing_wav(tmp_path, notes):
-    data.write_jsonwav(str(tmp_path), kept(notes)[:2])
+    writers.write_jsonwav(str(tmp_path), kept(notes)[:2])
     os.remove(tmp_path / "audio" / f"{kept(notes)[1][0]['note_str']}.wav")
     with pytest.raises(schema.DataError, match="missing"):
         data.load_arrays(tmp_path)
@@ -261,7 +261,7 @@ def test_jsonwav_missing_wav(tmp_path, notes):
 
 def test_only_synth_lead_notes(tmp_path, notes):
     p = tmp_path / "lead.tfrecord"
-    data.write_tfrecord(str(p), [n for n in notes if n[0]["instrument_family"] == 9])
+    writers.write_tfrecord(str(p), [n for n in notes if n[0]["instrument_family"] == 9])
     with pytest.raises(schema.DataError, match="synth_lead"):
         data.load_arrays(p)
 
@@ -306,7 +306,7 @@ def test_tfrecord_that_is_not_nsynth(tmp_path):
 def test_writer_rejects_wrong_length(tmp_path, notes):
     m, a = notes[0]
     with pytest.raises(schema.DataError, match="expected"):
-        data.write_tfrecord(str(tmp_path / "bad.tfrecord"), [(m, a[:1000])])
+        writers.write_tfrecord(str(tmp_path / "bad.tfrecord"), [(m, a[:1000])])
     assert not (tmp_path / "bad.tfrecord").exists()
 
 

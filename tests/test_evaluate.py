@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import make_notes
-from nsynth_cnn import data, evaluate, report
+from nsynth_cnn import data, evaluate, report, writers
 
 
 def _probs_for(labels, right):
@@ -40,7 +40,7 @@ def test_pitches_outside_nsynth_range_are_read_and_grouped(tmp_path):
         meta["pitch"] = pitch
         meta["note_str"] = f"{meta['instrument_str']}-{pitch:03d}-{meta['velocity']:03d}"
     path = str(tmp_path / "odd.tfrecord")
-    data.write_tfrecord(path, notes)
+    writers.write_tfrecord(path, notes)
     _, meta = data.load_arrays(path)
     assert sorted(meta["pitch"].tolist()) == [9, 60, 120]
     labels = meta["label"]

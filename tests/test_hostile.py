@@ -20,7 +20,7 @@ import soundfile as sf
 
 from conftest import N, SR, make_notes, subprocess_env
 from nsynth_cnn import audio as audio_files, schema
-from nsynth_cnn import data
+from nsynth_cnn import batches, data, writers
 from nsynth_cnn.__main__ import main
 from nsynth_cnn.params import FAMILIES, NSYNTH_FAMILY_NAMES
 from nsynth_cnn.audio import AudioWarning, MAX_DECODE_SECONDS, fit_length, load_audio
@@ -80,7 +80,7 @@ def weights(tmp_path_factory):
 MEASURE = textwrap.dedent("""
     import io, json, os, resource, sys, tracemalloc
     import numpy as np
-    from nsynth_cnn import data
+    from nsynth_cnn import batches, data, writers
     from nsynth_cnn.audio import load_audio
     from nsynth_cnn.tools.serve import create_app
 
@@ -288,7 +288,7 @@ def _notes_with_family(family_id: int):
 def test_family_out_of_range_is_an_error_in_every_reader(tmp_path, family_id):
     notes, bad = _notes_with_family(family_id)
     rec = tmp_path / "bad.tfrecord"
-    data.write_tfrecord(str(rec), notes)
+    writers.write_tfrecord(str(rec), notes)
     tail = f"instrument_family {family_id} is not an NSynth family; NSynth instrument_family ids are 0..10 (0 bass"
     with pytest.raises(schema.DataError) as err:
         data.load_arrays(rec)
@@ -296,9 +296,9 @@ def test_family_out_of_range_is_an_error_in_every_reader(tmp_path, family_id):
     assert msg.startswith(f"{rec}: note {bad}: {tail}") and "10 vocal" in msg, msg
     # training reads only audio + family (no note names): same message, naming the file
     with pytest.raises(schema.DataError, match=re.escape(f"{rec}: a note: {tail}")):
-        list(data.iterate(data.training_dataset(rec, batch_size=2, shuffle_buffer=0, seed=0), rec))
+        list(data.iterate(batches.training_dataset(rec, batch_size=2, shuffle_buffer=0, seed=0), rec))
     folder = tmp_path / "jsonwav"
-    data.write_jsonwav(str(folder), notes)
+    writers.write_jsonwav(str(folder), notes)
     with pytest.raises(schema.DataError) as err:
         data.load_arrays(folder)
     assert str(err.value).startswith(f"{folder / 'examples.json'}: note {bad}: {tail}"), str(err.value)
@@ -325,7 +325,7 @@ def test_notes_csv_unknown_family_or_source(tmp_path, jsonwav_dir, notes):
 def test_valid_edge_families_still_read(tmp_path):
     notes = make_notes(per_family=1, families=[0, 10])
     rec = tmp_path / "edges.tfrecord"
-    data.write_tfrecord(str(rec), notes)
+    writers.write_tfrecord(str(rec), notes)
     _, meta = data.load_arrays(rec)
     assert meta["instrument_family"].tolist() == [0, 10] and meta["label"].tolist() == [0, 9]
 
@@ -333,7 +333,7 @@ def test_valid_edge_families_still_read(tmp_path):
 def test_json_metadata_shapes_are_checked(tmp_path):
     notes = make_notes(per_family=1, families=[3])
     notes[0][0]["qualities"] = [0, 1]
-    data.write_jsonwav(str(tmp_path), notes)
+    writers.write_jsonwav(str(tmp_path), notes)
     with pytest.raises(schema.DataError, match=r"examples\.json: note .*: qualities is \[0, 1\]; NSynth notes have "
                                              "10 0/1 flags"):
         data.load_arrays(tmp_path)
@@ -388,7 +388,7 @@ def test_short_audio_record_gets_the_specific_message(tmp_path):
     import tensorflow as tf
     meta, audio = make_notes(per_family=1, families=[3])[0]
     ex = tf.train.Example()
-    ex.ParseFromString(data.serialize_note(meta, audio))
+    ex.ParseFromString(writers.serialize_note(meta, audio))
     del ex.features.feature["audio"].float_list.value[32_000:]
     rec = tmp_path / "short.tfrecord"
     with tf.io.TFRecordWriter(str(rec)) as w:

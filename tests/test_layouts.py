@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import N
-from nsynth_cnn import data, prepare, schema, shards, splits
+from nsynth_cnn import batches, data, prepare, schema, shards, splits, writers
 from nsynth_cnn.params import NSYNTH_FAMILY_NAMES, NSYNTH_QUALITY_NAMES, nsynth_family_to_label
 
 FULL_TRAIN_NOTES = 289_205
@@ -32,7 +32,7 @@ def ordered_notes(per_family: int, families=range(11)):
     k = 0
     for fam in families:
         for i in range(per_family):
-            meta = data.note_metadata(family=NSYNTH_FAMILY_NAMES[fam], source=SOURCES[fam], instrument=fam * 1000 + i,
+            meta = writers.note_metadata(family=NSYNTH_FAMILY_NAMES[fam], source=SOURCES[fam], instrument=fam * 1000 + i,
                                       pitch=21 + i % 88, velocity=(25, 50, 75, 100, 127)[i % 5], note=k,
                                       instrument_str=f"{NSYNTH_FAMILY_NAMES[fam]}_{SOURCES[fam]}_{i:03d}",
                                       qualities=[(i >> b) & 1 for b in range(10)])
@@ -66,7 +66,7 @@ def big_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("official")
     notes = list(ordered_notes(PER_FAMILY_BIG, families=[*range(9), 10]))
     notes[1000:1000] = list(ordered_notes(2, families=[9]))      # synth_lead amid the others
-    assert data.write_tfrecord(str(folder / "nsynth-train.tfrecord"), notes) == KEPT_BIG + 2
+    assert writers.write_tfrecord(str(folder / "nsynth-train.tfrecord"), notes) == KEPT_BIG + 2
     yield folder
     shutil.rmtree(folder, ignore_errors=True)                     # ~0.9 GB: not kept by pytest's tmp retention
 
@@ -82,12 +82,12 @@ def test_ensure_mixed_gives_mixed_batches_where_the_raw_file_does_not(big_mixed)
     src, out = big_mixed
     assert out == src + ".prepared" and os.path.isfile(os.path.join(out, "prepared.json"))
     buffer = shuffle_buffer_for(KEPT_BIG)
-    raw = data.families_per_batch(data.training_dataset(src, batch_size=BATCH, shuffle_buffer=buffer, seed=0))
-    mixed = data.families_per_batch(data.training_dataset(out, batch_size=BATCH, shuffle_buffer=buffer, seed=0))
+    raw = batches.families_per_batch(batches.training_dataset(src, batch_size=BATCH, shuffle_buffer=buffer, seed=0))
+    mixed = batches.families_per_batch(batches.training_dataset(out, batch_size=BATCH, shuffle_buffer=buffer, seed=0))
     print(f"families per batch: raw {raw:.2f}, mixed {mixed:.2f}")
     assert raw <= 2.5, raw            # the test can fail: the file as it is gives 1-2 families per batch
     assert mixed >= 8, mixed
-    np.testing.assert_array_equal(data.label_counts(out), np.full(10, PER_FAMILY_BIG))   # from stats.json
+    np.testing.assert_array_equal(batches.label_counts(out), np.full(10, PER_FAMILY_BIG))   # from stats.json
 
 
 def test_ensure_mixed_reuses_the_conversion(big_mixed):
@@ -107,7 +107,7 @@ PER_FAMILY_SMALL = 30
 def small_src(tmp_path):
     src = tmp_path / "data" / "nsynth-train.tfrecord"
     src.parent.mkdir()
-    data.write_tfrecord(str(src), ordered_notes(PER_FAMILY_SMALL))
+    writers.write_tfrecord(str(src), ordered_notes(PER_FAMILY_SMALL))
     return str(src)
 
 
@@ -186,7 +186,7 @@ def test_disk_space_checked_first(small_src, monkeypatch):
 def test_changed_source_is_converted_again_and_read_only_folder_uses_the_cache(small_src, monkeypatch, tmp_path):
     out = prepare.ensure_mixed(small_src, shards=2, log=None)
     assert out == small_src + ".prepared"
-    data.write_tfrecord(small_src, ordered_notes(PER_FAMILY_SMALL, families=range(5)))   # new content
+    writers.write_tfrecord(small_src, ordered_notes(PER_FAMILY_SMALL, families=range(5)))   # new content
     assert prepare.ensure_mixed(small_src, shards=2, log=None) == out
     assert sorted(note_strs(out)) == sorted(m["note_str"] for m, _ in ordered_notes(PER_FAMILY_SMALL, range(5)))
     # data folder not writable: the copy goes to $NSYNTH_CNN_CACHE
@@ -206,10 +206,10 @@ def test_sources_that_are_already_mixed_are_used_as_they_are(tmp_path, small_src
     many.mkdir()
     notes = list(ordered_notes(2, families=range(8)))
     for s in range(16):
-        data.write_tfrecord(str(many / f"nsynth-train-{s:05d}-of-00016.tfrecord"), [notes[s]])
+        writers.write_tfrecord(str(many / f"nsynth-train-{s:05d}-of-00016.tfrecord"), [notes[s]])
     assert prepare.ensure_mixed(str(many), log=None) == str(many)
     folder = tmp_path / "nsynth-train"
-    data.write_jsonwav(str(folder), ordered_notes(1, families=range(3)))
+    writers.write_jsonwav(str(folder), ordered_notes(1, families=range(3)))
     assert prepare.ensure_mixed(str(folder), log=None) == str(folder)
     out = prepare.ensure_mixed(small_src, shards=2, log=None)
     assert prepare.ensure_mixed(out, log=None) == out                 # prepared shards
@@ -218,7 +218,7 @@ def test_sources_that_are_already_mixed_are_used_as_they_are(tmp_path, small_src
 # ----------------------------------------------------------------------------------------------- JSON+wav order
 def test_jsonwav_training_order_mixed_evaluation_order_sorted(tmp_path):
     folder = tmp_path / "nsynth-train"
-    data.write_jsonwav(str(folder), ordered_notes(4, families=range(11)))
+    writers.write_jsonwav(str(folder), ordered_notes(4, families=range(11)))
     names = sorted(m["note_str"] for m, _ in ordered_notes(4, families=range(11)) if m["instrument_family"] != 9)
     assert [e["note_str"].decode() for e in data.jsonwav_records(str(folder))] == names
     assert note_strs(folder) == names                                  # evaluation: note_str order, every time
@@ -229,9 +229,9 @@ def test_jsonwav_training_order_mixed_evaluation_order_sorted(tmp_path):
     epochs = [list(data.iterate(ds, folder)) for _ in range(2)]
     assert epochs[0] != epochs[1] and sorted(epochs[0]) == sorted(epochs[1])   # a new order each epoch
     ordered = str(tmp_path / "ordered.tfrecord")
-    data.write_tfrecord(ordered, ordered_notes(4, families=range(11)))
-    sorted_fpb = data.families_per_batch(data.training_dataset(ordered, batch_size=8, shuffle_buffer=1, seed=0))
-    mixed_fpb = data.families_per_batch(data.training_dataset(str(folder), batch_size=8, shuffle_buffer=1, seed=0))
+    writers.write_tfrecord(ordered, ordered_notes(4, families=range(11)))
+    sorted_fpb = batches.families_per_batch(batches.training_dataset(ordered, batch_size=8, shuffle_buffer=1, seed=0))
+    mixed_fpb = batches.families_per_batch(batches.training_dataset(str(folder), batch_size=8, shuffle_buffer=1, seed=0))
     assert sorted_fpb <= 2.5 and mixed_fpb >= 4, (sorted_fpb, mixed_fpb)
 
 
@@ -239,13 +239,13 @@ def test_families_per_batch_takes_int_and_one_hot_labels():
     tf = schema.tensorflow()
     x = np.zeros((40, 3), np.float32)
     y = np.repeat(np.arange(10), 4)
-    assert data.families_per_batch(tf.data.Dataset.from_tensor_slices((x, y)).batch(8), batches=5) == 2.0
+    assert batches.families_per_batch(tf.data.Dataset.from_tensor_slices((x, y)).batch(8), batches=5) == 2.0
     onehot = np.eye(10, dtype=np.float32)[y] * 0.9 + 0.01
     w = np.ones(40, np.float32)
     ds = tf.data.Dataset.from_tensor_slices((x, onehot, w)).shuffle(40, seed=1).batch(20)
-    assert data.families_per_batch(ds, batches=1) > 5
+    assert batches.families_per_batch(ds, batches=1) > 5
     with pytest.raises(schema.DataError):
-        data.families_per_batch(ds.take(0))
+        batches.families_per_batch(ds.take(0))
 
 
 # ----------------------------------------------------------------------------------------------- split names
@@ -322,13 +322,13 @@ def test_tfds_format_reads_into_the_same_elements(tmp_path):
             np.testing.assert_array_equal(meta["qualities"][i], m["qualities"])
             assert meta["label"][i] == nsynth_family_to_label(m["instrument_family"])
     official = str(tmp_path / "official.tfrecord")
-    data.write_tfrecord(official, notes[:3])
+    writers.write_tfrecord(official, notes[:3])
     assert data.nsynth_dataset(found).element_spec == data.nsynth_dataset(official).element_spec
     assert prepare.ensure_mixed(found, log=None) == found              # TFDS shuffles the notes it writes
     out = str(tmp_path / "prepared")
     prepare.prepare(found, out, shards=2, log=None)                    # converting it reads the TFDS schema too
     assert sorted(note_strs(out)) == sorted(want)
-    x, y = next(iter(data.training_dataset(out, batch_size=8, shuffle_buffer=0, seed=0)))
+    x, y = next(iter(batches.training_dataset(out, batch_size=8, shuffle_buffer=0, seed=0)))
     assert x.shape == (8, N)
 
 
@@ -379,7 +379,7 @@ def test_notebook_train_mode_converts_the_official_file(big_dir, tmp_path):
     out = tmp_path / "run"
     weights = out / "weights"
     test_split = big_dir / "nsynth-test.tfrecord"
-    data.write_tfrecord(str(test_split), ordered_notes(2, families=[*range(9), 10]))
+    writers.write_tfrecord(str(test_split), ordered_notes(2, families=[*range(9), 10]))
     try:
         nb = papermill.execute_notebook(
             str(ROOT / "project1.ipynb"), str(tmp_path / "out.ipynb"), cwd=str(ROOT), kernel_name="python3",

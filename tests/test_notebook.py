@@ -79,9 +79,9 @@ def eval_data_dir(tmp_path_factory) -> str:
     """``data`` (the notebook then falls back to the embedded sample) or generated notes in JSON+wav."""
     if (SAMPLE / "examples.json").is_file():
         return "data"
-    from nsynth_cnn import data
+    from nsynth_cnn import writers
     folder = tmp_path_factory.mktemp("sample") / "nsynth-test"
-    data.write_jsonwav(str(folder), make_notes(per_family=2))
+    writers.write_jsonwav(str(folder), make_notes(per_family=2))
     return str(folder)
 
 

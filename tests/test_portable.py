@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, make_notes
-from nsynth_cnn import bootstrap, data, splits, train
+from nsynth_cnn import bootstrap, splits, train, writers
 from nsynth_cnn.schema import DataError
 
 TINY_RUN = ["--model", "logmel", "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "4",
@@ -28,8 +28,8 @@ def official_dir(tmp_path_factory) -> Path:
     """NSynth's three split files side by side, the test file corrupt (so reading it at all would fail)."""
     folder = tmp_path_factory.mktemp("nsynth")
     notes = make_notes()
-    data.write_tfrecord(str(folder / "nsynth-train.tfrecord"), notes)
-    data.write_tfrecord(str(folder / "nsynth-valid.tfrecord"), notes[1::2])
+    writers.write_tfrecord(str(folder / "nsynth-train.tfrecord"), notes)
+    writers.write_tfrecord(str(folder / "nsynth-valid.tfrecord"), notes[1::2])
     (folder / "nsynth-test.tfrecord").write_bytes(b"\x00garbage, not a TFRecord" * 50)
     return folder
 
@@ -112,7 +112,7 @@ def test_a_network_trained_under_mixed_precision_is_saved_float32(tmp_path):
 
     from nsynth_cnn.params import TrainParams
     train_file = tmp_path / "nsynth-train.tfrecord"
-    data.write_tfrecord(str(train_file), make_notes())
+    writers.write_tfrecord(str(train_file), make_notes())
     p = TrainParams(batch_size=4, epochs=1, shuffle_buffer=16)
     train.fit_network("logmel", str(train_file), None, str(tmp_path / "w"), p,
                       run=train.RunOptions(steps_per_epoch=1, mixed_precision=True, xla=False, verbose=0))

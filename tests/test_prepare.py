@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import N, make_notes, run_cli
-from nsynth_cnn import data, prepare, schema, shards
+from nsynth_cnn import batches, data, prepare, schema, shards, writers
 from nsynth_cnn.params import nsynth_family_to_label
 
 QUANT = 1.0 / 32768   # one step of 16-bit PCM
@@ -23,7 +23,7 @@ def ordered_notes():
 @pytest.fixture(scope="module")
 def ordered_file(tmp_path_factory, ordered_notes):
     path = tmp_path_factory.mktemp("ordered") / "nsynth-train.tfrecord"
-    data.write_tfrecord(str(path), ordered_notes)
+    writers.write_tfrecord(str(path), ordered_notes)
     return path
 
 
@@ -65,7 +65,7 @@ def test_stats_and_label_counts(prepared_dir):
     with open(prepared_dir / "stats.json") as fh:
         stats = json.load(fh)
     assert stats["label_counts"] == [PER_FAMILY] * 10 and sum(stats["shard_notes"]) == 60
-    np.testing.assert_array_equal(data.label_counts(prepared_dir), np.full(10, PER_FAMILY))
+    np.testing.assert_array_equal(batches.label_counts(prepared_dir), np.full(10, PER_FAMILY))
     with open(prepared_dir / "prepared.json") as fh:
         marker = json.load(fh)
     assert marker["format"] == shards.FORMAT and len(marker["files"]) == 4
@@ -76,12 +76,12 @@ def test_stats_and_label_counts(prepared_dir):
 
 def test_first_batch_mixes_classes(prepared_dir, ordered_file):
     def classes(path):
-        ds = data.training_dataset(path, batch_size=16, shuffle_buffer=0, seed=0)
+        ds = batches.training_dataset(path, batch_size=16, shuffle_buffer=0, seed=0)
         _, labels = next(iter(data.iterate(ds, path)))
         return len(set(labels.tolist()))
     assert classes(ordered_file) <= 3          # family-ordered: 16 notes span 3 families
     assert classes(prepared_dir) >= 6          # shuffled shards, no shuffle buffer at all
-    ds = data.training_dataset(prepared_dir, batch_size=16, shuffle_buffer=8, seed=0)
+    ds = batches.training_dataset(prepared_dir, batch_size=16, shuffle_buffer=8, seed=0)
     assert sum(len(b[1]) for b in data.iterate(ds, prepared_dir)) == 60
 
 
@@ -141,7 +141,7 @@ def test_streamed_and_cached_training_input_agree(which, prepared_dir, ordered_f
     path = prepared_dir if which == "prepared" else ordered_file
     batches = {}
     for cache in (False, True):
-        ds = data.training_dataset(path, batch_size=16, shuffle_buffer=32, seed=3, cache=cache,
+        ds = batches.training_dataset(path, batch_size=16, shuffle_buffer=32, seed=3, cache=cache,
                                    class_weights=np.linspace(0.5, 1.4, 10))
         batches[cache] = list(data.iterate(ds, path))
         assert [len(b[1]) for b in batches[cache]] == [16, 16, 16, 12], (which, cache)

@@ -16,7 +16,7 @@ import signal
 import pytest
 
 from conftest import make_notes, run_cli, subprocess_env, train_valid_dir
-from nsynth_cnn import data, schema
+from nsynth_cnn import schema, writers
 
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.slow]   # CLI subprocesses, training
 
@@ -118,7 +118,7 @@ def test_training_on_no_usable_notes_changes_no_weights(tmp_path, capsys):
     """Only synth_lead notes (which every reader drops): exit code 2, a one-line error, weights untouched."""
     from nsynth_cnn.__main__ import main
     src = tmp_path / "synth_lead_only"
-    data.write_jsonwav(str(src), make_notes(per_family=3, families=[9]))
+    writers.write_jsonwav(str(src), make_notes(per_family=3, families=[9]))
     out = tmp_path / "weights"
     out.mkdir()
     old = b"previously trained weights \x00\x01"

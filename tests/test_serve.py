@@ -43,7 +43,7 @@ def assets(tmp_path_factory):
     """Tiny saved models, an NSynth JSON+wav sample folder, an upload temp folder and test recordings."""
     import keras
 
-    from nsynth_cnn import data, models
+    from nsynth_cnn import models, writers
     keras.utils.set_random_seed(0)
     root = tmp_path_factory.mktemp("serve")
     weights = root / "weights"
@@ -62,9 +62,9 @@ def assets(tmp_path_factory):
     notes = []
     for i, (fam, pitch) in enumerate([(3, 57), (6, 45), (9, 60)]):   # guitar, organ, synth_lead (not offered)
         name = NSYNTH_FAMILY_NAMES[fam]
-        meta = data.note_metadata(family=name, source="acoustic", instrument=i, pitch=pitch, velocity=100)
+        meta = writers.note_metadata(family=name, source="acoustic", instrument=i, pitch=pitch, velocity=100)
         notes.append((meta, harmonic(4.0, SR, f0=440 * 2 ** ((pitch - 69) / 12), decay=0.5 + i)))
-    data.write_jsonwav(str(sample), notes)
+    writers.write_jsonwav(str(sample), notes)
     uploads = root / "uploads"
     uploads.mkdir()
     files = root / "files"

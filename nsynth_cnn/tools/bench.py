@@ -292,14 +292,14 @@ class Workdir:
         return self._cache[key]
 
     def tfrecord(self, n: int | None = None) -> str:
-        from .. import data
+        from .. import writers
         n = n or self.n
         path = os.path.join(self.root, f"nsynth-{n}.tfrecord")
-        return self._once(f"tfrecord{n}", lambda p: data.write_tfrecord(p, generated_notes(n)), path)
+        return self._once(f"tfrecord{n}", lambda p: writers.write_tfrecord(p, generated_notes(n)), path)
 
     def jsonwav(self) -> str:
         """The same notes as :meth:`tfrecord` in NSynth's JSON+wav layout (16-bit wav files)."""
-        from .. import data
+        from .. import data, writers
         path = os.path.join(self.root, f"jsonwav-{self.n}")
         rec = self.tfrecord()
 
@@ -308,7 +308,7 @@ class Workdir:
                 meta = {k: (v.decode() if isinstance(v, bytes) else int(v)) for k, v in e.items()
                         if k in schema.META_KEYS}
                 yield {**meta, "qualities": e["qualities"].tolist()}, e["audio"]
-        return self._once("jsonwav", lambda p: data.write_jsonwav(p, notes()), path)
+        return self._once("jsonwav", lambda p: writers.write_jsonwav(p, notes()), path)
 
     def prepared(self) -> str:
         from .. import prepare
@@ -354,16 +354,16 @@ def front_end_fn(name: str, xla: bool = False):
 
 
 def _tfdata_case(path: str, batch: int, front=None, element_wise: bool = False) -> Callable[[], int]:
-    """Streamed training input of ``path`` (``data.training_dataset``, no cache; prepared shards: whole batches
+    """Streamed training input of ``path`` (``batches.training_dataset``, no cache; prepared shards: whole batches
     parsed at once). ``element_wise``: the reader that float32 TFRecords, the cached path and evaluation use
     (parse in small batches, unbatch to notes, re-batch)."""
-    from .. import data
+    from .. import batches, data
     if element_wise:
         files = data.resolve_source(path)[1]
         ds = data.tfrecord_dataset(files, shuffle_seed=0, fields=schema.LEAN_FIELDS).map(
             lambda e: (e["audio"], e["label"])).batch(batch).prefetch(2)
     else:
-        ds = data.training_dataset(path, batch_size=batch, shuffle_buffer=0, seed=0, cache=False)
+        ds = batches.training_dataset(path, batch_size=batch, shuffle_buffer=0, seed=0, cache=False)
 
     def run(ds=ds) -> int:
         n = 0
@@ -415,7 +415,7 @@ def section_pipeline(report: Report, wd: Workdir, args) -> None:
     cases = [(base, _librosa_case(wav, args.batch_size))]
     for label, path in (("float32 TFRecord", rec), ("prepared int16 shards", prep)):
         cases.append((f"tf.data read+parse+batch, {label}", _tfdata_case(path, args.batch_size)))
-        if path == prep:       # the float32 file is read element-wise anyway (data.training_dataset)
+        if path == prep:       # the float32 file is read element-wise anyway (batches.training_dataset)
             cases.append((f"  for contrast: parsed per note, unbatched, re-batched, {label}",
                           _tfdata_case(path, args.batch_size, element_wise=True)))
         for name in NETWORKS:
@@ -578,8 +578,8 @@ def _hms(seconds: float) -> str:
 # ----------------------------------------------------------------------------------------------- shuffle
 def first_batch_classes(path, batch: int, shuffle_buffer: int, batches: int = 5, seed: int = 0) -> list[int]:
     """Distinct classes in each of the first ``batches`` training batches of ``path``."""
-    from .. import data
-    ds = data.training_dataset(path, batch_size=batch, shuffle_buffer=shuffle_buffer, seed=seed, cache=False)
+    from .. import batches, data
+    ds = batches.training_dataset(path, batch_size=batch, shuffle_buffer=shuffle_buffer, seed=seed, cache=False)
     return [len(set(lab.tolist())) for _, lab in data.iterate(ds.take(batches), path)]
 
 
@@ -609,7 +609,7 @@ def section_order(report: Report, wd: Workdir, args) -> None:
     file's proportions (4096 N / 289,205), trained through the ordinary train path (which converts it into
     shuffled shards), against the same notes pre-shuffled in ``--order-repeats`` random orders (their spread is
     the noise of training on another order); all scored on the same held-out generated instruments."""
-    from .. import data, evaluate, train
+    from .. import batches, evaluate, train, writers
     from ..weights import load_trained
     n, root = wd.n, os.path.join(wd.root, "order")
     buf = max(1, round(TrainParams().shuffle_buffer * n / FULL_NSYNTH_TRAIN_NOTES))
@@ -622,13 +622,13 @@ def section_order(report: Report, wd: Workdir, args) -> None:
     for k in range(1, args.order_repeats + 1):
         path = os.path.join(root, f"shuffled{k}", "nsynth-train.tfrecord")
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        data.write_tfrecord(path, (notes[i] for i in np.random.default_rng(k).permutation(n)))
+        writers.write_tfrecord(path, (notes[i] for i in np.random.default_rng(k).permutation(n)))
         runs.append((f"shuffled{k}", f"the same notes pre-shuffled (order {k})", path))
     held = os.path.join(root, "heldout.tfrecord")
-    data.write_tfrecord(held, generated_notes(max(500, n // 4), seed=1))
-    raw = data.training_dataset(ordered, batch_size=p.batch_size, shuffle_buffer=buf, seed=p.seed, cache=False)
+    writers.write_tfrecord(held, generated_notes(max(500, n // 4), seed=1))
+    raw = batches.training_dataset(ordered, batch_size=p.batch_size, shuffle_buffer=buf, seed=p.seed, cache=False)
     report.add(Row("order", "families per batch, the family-ordered file read as it is (no conversion)",
-                   note=f"{data.families_per_batch(raw):.2f} of {len(FAMILIES)}"))
+                   note=f"{batches.families_per_batch(raw):.2f} of {len(FAMILIES)}"))
     preds = {}
     for key, label, src in runs:
         out = os.path.join(root, key)
@@ -661,18 +661,18 @@ def _epoch_case(ds) -> Callable[[], int]:
 
 
 def section_feed(report: Report, wd: Workdir, args) -> None:
-    """Issue 27 ("keeps the GPU fed"): one epoch of each layout's training reader (``data.training_dataset``, no
+    """Issue 27 ("keeps the GPU fed"): one epoch of each layout's training reader (``batches.training_dataset``, no
     cache, no shuffle buffer: the seeded file or note order alone), and of the JSON+wav folder in evaluation order
     (``data.nsynth_dataset``); for contrast, ``data.jsonwav_records`` (one note at a time, in this thread)
     through ``tf.data.Dataset.from_generator``."""
     import tensorflow as tf
-    from .. import data
+    from .. import batches, data
     b = args.batch_size
     report.out(f"\n[feed] {wd.n} notes, batch {b}: one epoch of each layout's training reader")
     rec, prep, wav = wd.tfrecord(), wd.prepared(), wd.jsonwav()
 
     def reader(path):
-        return data.training_dataset(path, batch_size=b, shuffle_buffer=0, seed=0, cache=False)
+        return batches.training_dataset(path, batch_size=b, shuffle_buffer=0, seed=0, cache=False)
     one_at_a_time = tf.data.Dataset.from_generator(lambda: data.jsonwav_records(wav),
                                                    output_signature=schema.element_signature())
     ref = "training reader: float32 TFRecord"
@@ -774,7 +774,7 @@ def _drop_page_cache(files: list[str]) -> None:
 
 
 def section_scale(report: Report, wd: Workdir, args) -> None:
-    from .. import data, prepare
+    from .. import batches, prepare
     sizes = sorted(float(s) for s in args.scale_gb.split(","))
     per_note = 2 * AUDIO.num_samples + 400
     shard_bytes = 64 * MB
@@ -805,7 +805,7 @@ def section_scale(report: Report, wd: Workdir, args) -> None:
         for mode in ("cold", "warm"):
             if mode == "cold":
                 _drop_page_cache(shard_files[:k])
-            ds = data.training_dataset(sub, batch_size=args.batch_size, seed=0, cache=False,
+            ds = batches.training_dataset(sub, batch_size=args.batch_size, seed=0, cache=False,
                                        shuffle_buffer=TrainParams().shuffle_buffer)
 
             def epoch(ds=ds) -> int:

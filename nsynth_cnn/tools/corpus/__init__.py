@@ -21,7 +21,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
-from ... import data, schema
+from ... import data, schema, writers
 from ...params import AUDIO, FAMILIES, nsynth_family_to_label
 from .. import REPO_ROOT
 from ...audio import fit_length, load_audio
@@ -514,7 +514,7 @@ def build(out_dir: str, soundfont_paths=DEFAULT_SOUNDFONTS, sample_paths=DEFAULT
                 if (pitch, vel) in seen:
                     continue
                 seen.add((pitch, vel))
-                meta = data.note_metadata(family=inst.family, source=inst.source, instrument=inst_id,
+                meta = writers.note_metadata(family=inst.family, source=inst.source, instrument=inst_id,
                                           pitch=pitch, velocity=vel, instrument_str=inst_str)
                 by_split[split].append((meta, audio))
     stats = {}
@@ -543,9 +543,9 @@ def _write_split(folder, split, notes, p: CorpusParams, layouts) -> dict:
         for s in range(n_shards):
             name = (f"nsynth-{split}-{s:05d}-of-{n_shards:05d}.tfrecord" if n_shards > 1
                     else f"nsynth-{split}.tfrecord")
-            data.write_tfrecord(os.path.join(folder, name), notes[s::n_shards])
+            writers.write_tfrecord(os.path.join(folder, name), notes[s::n_shards])
     if "jsonwav" in layouts:
-        data.write_jsonwav(os.path.join(folder, "jsonwav"), notes)
+        writers.write_jsonwav(os.path.join(folder, "jsonwav"), notes)
     labels = [nsynth_family_to_label(m["instrument_family"]) for m, _ in notes]
     counts = np.bincount(labels, minlength=len(FAMILIES)).tolist()
     st = {"notes": len(notes), "instruments": len({m["instrument"] for m, _ in notes}), "label_counts": counts}
@@ -621,5 +621,5 @@ def embedded_sample(corpus_dir: str, out_dir: str, per_family: int = 10, seed: i
                     used.add(m["instrument_str"])
         chosen += picked
     pairs = [(m, load_audio(os.path.join(src, "audio", f"{m['note_str']}.wav"))) for m in chosen]
-    data.write_jsonwav(out_dir, pairs)
+    writers.write_jsonwav(out_dir, pairs)
     return Counter(m["instrument_family_str"] for m in chosen)
