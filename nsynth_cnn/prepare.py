@@ -203,7 +203,6 @@ def prepare_elements(elements: Iterable[tuple[Mapping[str, Any], np.ndarray]] | 
     size and mtime), a run interrupted in either pass resumes: done chunks are not read again (``skip``),
     shards already written are kept, and the result is the same as an uninterrupted run's. Returns the stats.
     """
-    tf = schema.tensorflow()
     if shards < 1:
         raise schema.DataError(f"--shards must be >= 1 (got {shards}).")
     if chunk_notes < 1:
@@ -230,12 +229,12 @@ def prepare_elements(elements: Iterable[tuple[Mapping[str, Any], np.ndarray]] | 
                  "seconds": {"pass1_distribute": 0.0, "pass2_shuffle": 0.0}}
         write_json_atomic(progress, state)
     if not state["pass1_done"]:
-        _distribute(elements, tmp, shards, seed, chunk_notes, state, progress, total, quiet, tf)
+        _distribute(elements, tmp, state, progress, total, quiet)
     if state["notes"] == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         raise schema.DataError(f"{source or 'the source'}: no notes to prepare (empty, or only synth_lead).")
     log(f"  pass 1: {state['notes']} notes into {shards} buckets in {state['seconds']['pass1_distribute']:.0f} s")
-    files = _shuffle_shards(out, tmp, shards, state, progress, quiet, tf)
+    files = _shuffle_shards(out, tmp, state, progress, quiet)
     n, seconds = state["notes"], state["seconds"]
     total_bytes = sum(os.path.getsize(os.path.join(out, f)) for f in files)
     stats = {"notes": int(n), "label_counts": state["label_counts"], "families": list(FAMILIES),
@@ -253,8 +252,11 @@ def prepare_elements(elements: Iterable[tuple[Mapping[str, Any], np.ndarray]] | 
     return {**stats, "shards": shards, "bytes": int(total_bytes), "seconds": round(sum(seconds.values()), 1)}
 
 
-def _distribute(elements, tmp, shards, seed, chunk_notes, state, progress, total, quiet, tf) -> None:
-    """Pass 1, chunk by chunk (see :func:`prepare_elements`); updates ``state`` and saves it after each chunk."""
+def _distribute(elements, tmp: str, state: dict, progress: str, total: int | None, quiet: bool) -> None:
+    """Pass 1, chunk by chunk (see :func:`prepare_elements`; the job's shards, chunk size and seed are in
+    ``state``); updates ``state`` and saves it to ``progress`` after each chunk."""
+    tf = schema.tensorflow()
+    shards, chunk_notes, seed = state["job"]["shards"], state["job"]["chunk_notes"], state["seed"]
     for f in glob.glob(os.path.join(tmp, "bucket-*")):       # the unfinished chunk of an interrupted run
         if int(f.rsplit("-", 1)[1]) >= state["chunks_done"]:
             os.remove(f)
@@ -300,9 +302,10 @@ def _distribute(elements, tmp, shards, seed, chunk_notes, state, progress, total
     write_json_atomic(progress, state)
 
 
-def _shuffle_shards(out, tmp, shards, state, progress, quiet, tf) -> list[str]:
+def _shuffle_shards(out: str, tmp: str, state: dict, progress: str, quiet: bool) -> list[str]:
     """Pass 2: each shard's buckets loaded, shuffled (seeded per shard) and written; shards already in ``out``
     (an interrupted run wrote them) are kept."""
+    shards = state["job"]["shards"]
     files = []
     bar = _bar(state["notes"], 0, "prepare pass 2/2 (shuffle)", quiet)
     try:
@@ -317,8 +320,7 @@ def _shuffle_shards(out, tmp, shards, state, progress, quiet, tf) -> list[str]:
                 bar.update(state["shard_notes"][i])
                 continue
             start = time.time()
-            _shuffle_one(parts, out, tmp, name, state["shard_notes"][i], np.random.default_rng([state["seed"], 1, i]),
-                         tf)
+            _shuffle_one(parts, out, tmp, name, state["shard_notes"][i], np.random.default_rng([state["seed"], 1, i]))
             state["seconds"]["pass2_shuffle"] += time.time() - start
             write_json_atomic(progress, state)
             bar.update(state["shard_notes"][i])
@@ -327,8 +329,9 @@ def _shuffle_shards(out, tmp, shards, state, progress, quiet, tf) -> list[str]:
     return files
 
 
-def _shuffle_one(parts: list[str], out: str, tmp: str, name: str, expected: int, rng, tf) -> None:
+def _shuffle_one(parts: list[str], out: str, tmp: str, name: str, expected: int, rng) -> None:
     """One shard of pass 2: its bucket files loaded, shuffled, written to ``tmp`` and moved into ``out``."""
+    tf = schema.tensorflow()
     records = []
     if parts:
         for b in tf.data.TFRecordDataset(parts).batch(1024).as_numpy_iterator():

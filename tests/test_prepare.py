@@ -139,14 +139,14 @@ def test_streamed_and_cached_training_input_agree(which, prepared_dir, ordered_f
     """Uncached batches (prepared shards: serialized records shuffled, whole batches parsed at once; the raw
     file: element-wise, synth_lead dropped) hold the same notes as the cached path, in full batches."""
     path = prepared_dir if which == "prepared" else ordered_file
-    batches = {}
+    got = {}
     for cache in (False, True):
         ds = batches.training_dataset(path, batch_size=16, shuffle_buffer=32, seed=3, cache=cache,
                                    class_weights=np.linspace(0.5, 1.4, 10))
-        batches[cache] = list(data.iterate(ds, path))
-        assert [len(b[1]) for b in batches[cache]] == [16, 16, 16, 12], (which, cache)
+        got[cache] = list(data.iterate(ds, path))
+        assert [len(b[1]) for b in got[cache]] == [16, 16, 16, 12], (which, cache)
     def notes(bs):    # noqa: E306  (label, weight, audio checksum) of every note, order-free
         return sorted((int(y), round(float(w), 5), round(float(np.sum(a ** 2)), 2))
                       for b in bs for a, y, w in zip(*b))
-    assert notes(batches[False]) == notes(batches[True])
-    assert sorted(int(y) for b in batches[False] for y in b[1]) == sorted(list(range(10)) * PER_FAMILY)
+    assert notes(got[False]) == notes(got[True])
+    assert sorted(int(y) for b in got[False] for y in b[1]) == sorted(list(range(10)) * PER_FAMILY)
