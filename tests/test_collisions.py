@@ -293,6 +293,17 @@ class CtrlCInDel:
 
 def test_a_swallowed_ctrl_c_still_stops(tmp_path, capsys):
     before = signal.getsignal(signal.SIGINT)
+    # as from a terminal: a test run started in the background (`cmd &` without job control) ignores SIGINT, and
+    # stopping() deliberately keeps an ignored Ctrl-C ignored (nohup-style runs)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _swallowed_ctrl_c_stops(tmp_path, capsys)
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def _swallowed_ctrl_c_stops(tmp_path, capsys):
+    before = signal.getsignal(signal.SIGINT)
     for deferred in (False, True):
         with pytest.raises(KeyboardInterrupt):
             with runlock.stopping(tmp_path, "testing", "it resumes"):
@@ -307,6 +318,7 @@ def test_a_swallowed_ctrl_c_still_stops(tmp_path, capsys):
 
 SIGINT_IN_CONVERSION = textwrap.dedent("""
     import os, signal, sys, threading, time
+    signal.signal(signal.SIGINT, signal.default_int_handler)   # as from a terminal, even if pytest runs in the background
     from nsynth_cnn import prepare
     from nsynth_cnn.__main__ import main
 

@@ -215,7 +215,7 @@ def assert_figures_rendered(page):
 # ----------------------------------------------------------------------------------------------- tests
 @pytest.mark.slow
 def test_upload_shows_the_models_probabilities(page, server, assets, saved_models, upload_log):
-    from nsynth_cnn.data import load_audio
+    from nsynth_cnn.audio import load_audio
     path = assets["files"] / "long stereo note.wav"
     response = upload(page, server, path)
     assert response.status == 200
@@ -242,7 +242,7 @@ def test_upload_shows_the_models_probabilities(page, server, assets, saved_model
 
 def test_other_formats_and_rates(server, assets, saved_models, upload_log, tmp_path):
     """flac / ogg / mp3 at other rates, mono: decoded and classified (Flask test client, no browser)."""
-    from nsynth_cnn.data import load_audio
+    from nsynth_cnn.audio import load_audio
     client = server["app"].test_client()
     formats = (("flac", "PCM_24", 48_000), ("ogg", "VORBIS", 22_050), ("mp3", "MPEG_LAYER_III", 32_000))
     for fmt, subtype, rate in formats:
@@ -263,7 +263,7 @@ def test_other_formats_and_rates(server, assets, saved_models, upload_log, tmp_p
 
 @pytest.mark.slow
 def test_sample_note_shows_true_family(page, server, assets, saved_models):
-    from nsynth_cnn.data import load_audio
+    from nsynth_cnn.audio import load_audio
     page.goto(server["url"] + "/")
     options = page.locator("#note option")
     offered = [options.nth(i).get_attribute("value") for i in range(options.count())]

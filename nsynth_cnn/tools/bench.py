@@ -268,7 +268,7 @@ def generated_notes(n: int, seed: int = 0, bank_per_family: int = 24) -> Iterato
 
 
 def _meta(family: str, label: int, k: int, pitch: int, velocity: int, idx: int) -> dict:
-    from ..data import note_metadata
+    from ..writers import note_metadata
     source = NSYNTH_SOURCE_NAMES[k % 3]
     meta = note_metadata(family=family, source=source, instrument=k // 16, pitch=int(pitch), velocity=velocity,
                          note=idx, instrument_str=f"{family}_{source}_{k // 16:03d}")
@@ -578,8 +578,9 @@ def _hms(seconds: float) -> str:
 # ----------------------------------------------------------------------------------------------- shuffle
 def first_batch_classes(path, batch: int, shuffle_buffer: int, batches: int = 5, seed: int = 0) -> list[int]:
     """Distinct classes in each of the first ``batches`` training batches of ``path``."""
-    from .. import batches, data
-    ds = batches.training_dataset(path, batch_size=batch, shuffle_buffer=shuffle_buffer, seed=seed, cache=False)
+    from .. import data
+    from ..batches import training_dataset
+    ds = training_dataset(path, batch_size=batch, shuffle_buffer=shuffle_buffer, seed=seed, cache=False)
     return [len(set(lab.tolist())) for _, lab in data.iterate(ds.take(batches), path)]
 
 

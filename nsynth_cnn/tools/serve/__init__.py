@@ -42,7 +42,9 @@ from typing import Any
 import numpy as np
 
 
-from ...data import DataError, load_audio, read_examples_json
+from ...audio import load_audio
+from ...data import read_examples_json
+from ...schema import DataError
 from ...weights import DEFAULT_DIR as DEFAULT_WEIGHTS_DIR
 from ...weights import MODEL_NAMES, load_model_file, train_command, weights_path
 from ...params import AUDIO, FAMILIES, NSYNTH_FAMILY_NAMES, SYNTH_LEAD_ID, nsynth_family_to_label
